@@ -1,0 +1,179 @@
+"""WeSpeaker ECAPA-TDNN (ECAPA_TDNN[_GLOB]_c512/_c1024) with the upstream parameter names, waveform in.
+
+Also holds what every WeSpeaker fbank model shares at export (checkpoint unwrapping, front end, card),
+which resnet.py reuses.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from voxfloat.export.core import ExportError, check_state_dict, fingerprint, load_checkpoint
+from voxfloat.export.fbank import KaldiFbank
+from voxfloat.export.registry import Built
+from voxfloat.runtime.card import ModelCard
+
+WESPEAKER = "wenet-e2e/wespeaker@dfa741957e5c11f477623b6e583d67d0af25ee88"
+NO_THRESHOLD = "none published: WeSpeaker reports EER/minDCF only; run `voxfloat calibrate`"
+VAR_EPS = 1e-7  # WeSpeaker pooling_layers: the floor of every variance under a sqrt
+
+
+def wespeaker_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Load a WeSpeaker checkpoint: a raw state_dict, or a dict with 'state_dict' as upstream's loader accepts."""
+    obj = load_checkpoint(path)
+    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ExportError(f"{path}: not a WeSpeaker checkpoint: expected a raw state_dict of tensors (avg_model.pt)")
+    return dict(obj)
+
+
+def wespeaker_built(arch: str, path: str | os.PathLike, net: nn.Module, state: Mapping[str, torch.Tensor],
+                    layout: str, source: str, dim: int, extra: dict) -> Built:
+    """Strict-load `state` into `net` (ignoring the training head `projection.*`) and add WeSpeaker's front end."""
+    state = check_state_dict(path, state, net, layout, ignore_prefixes=("projection.",))
+    net.load_state_dict(state, strict=True)
+    net.eval()
+    frontend = KaldiFbank(window="hamming", input_scale=32768.0, cmn=True)
+    card = ModelCard(arch=arch, source=source, embedding_dim=dim, fingerprint=fingerprint(arch, state),
+                     frontend=frontend.describe(), threshold=None, threshold_source=NO_THRESHOLD, extra=extra)
+    # what sherpa-onnx reads: int16-scale samples (normalize_samples 0) and CMN done by sherpa (global-mean)
+    sherpa_meta = {"framework": "wespeaker", "language": "English", "comment": source,
+                   "url": "https://github.com/" + WESPEAKER.split("@")[0], "sample_rate": "16000",
+                   "output_dim": str(dim), "normalize_samples": "0", "feature_normalize_type": "global-mean"}
+    return Built(encoder=nn.Sequential(frontend, net).eval(), card=card, sherpa=net, sherpa_meta=sherpa_meta)
+
+
+class ConvReluBn(nn.Module):
+    """Conv1d -> ReLU -> BatchNorm1d (WeSpeaker's order), 'same' padding."""
+
+    def __init__(self, cin: int, cout: int, kernel: int = 1, dilation: int = 1):
+        super().__init__()
+        self.conv = nn.Conv1d(cin, cout, kernel, padding=dilation * (kernel - 1) // 2, dilation=dilation)
+        self.bn = nn.BatchNorm1d(cout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(F.relu(self.conv(x)))
+
+
+class Res2ConvReluBn(nn.Module):
+    """Res2Net split into `scale` chunks; chunk i >= 1 adds the previous output; the last chunk passes through."""
+
+    def __init__(self, channels: int, kernel: int, dilation: int, scale: int = 8):
+        super().__init__()
+        self.width = channels // scale
+        pad = dilation * (kernel - 1) // 2
+        self.convs = nn.ModuleList(nn.Conv1d(self.width, self.width, kernel, padding=pad, dilation=dilation)
+                                   for _ in range(scale - 1))
+        self.bns = nn.ModuleList(nn.BatchNorm1d(self.width) for _ in range(scale - 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        chunks = torch.split(x, self.width, dim=1)
+        out, sp = [], chunks[0]
+        for i, (conv, bn) in enumerate(zip(self.convs, self.bns)):
+            if i >= 1:
+                sp = sp + chunks[i]
+            sp = bn(F.relu(conv(sp)))
+            out.append(sp)
+        out.append(chunks[-1])
+        return torch.cat(out, dim=1)
+
+
+class SEConnect(nn.Module):
+    """Squeeze-excitation over time: mean -> Linear -> ReLU -> Linear -> sigmoid gate per channel."""
+
+    def __init__(self, channels: int, bottleneck: int = 128):
+        super().__init__()
+        self.linear1 = nn.Linear(channels, bottleneck)
+        self.linear2 = nn.Linear(bottleneck, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate = torch.sigmoid(self.linear2(F.relu(self.linear1(x.mean(dim=2)))))
+        return x * gate.unsqueeze(2)
+
+
+class SERes2Block(nn.Module):
+    """x + SE(Conv1x1(Res2(Conv1x1(x)))), keys se_res2block.0-3 as upstream."""
+
+    def __init__(self, channels: int, dilation: int):
+        super().__init__()
+        self.se_res2block = nn.Sequential(ConvReluBn(channels, channels), Res2ConvReluBn(channels, 3, dilation),
+                                          ConvReluBn(channels, channels), SEConnect(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.se_res2block(x)
+
+
+class ASTP(nn.Module):
+    """Attentive statistics pooling; with global context the attention also sees the utterance mean and std."""
+
+    def __init__(self, dim: int, global_context: bool, bottleneck: int = 128):
+        super().__init__()
+        self.global_context = global_context
+        self.linear1 = nn.Conv1d(dim * 3 if global_context else dim, bottleneck, 1)
+        self.linear2 = nn.Conv1d(bottleneck, dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x_in = x
+        if self.global_context:
+            mean = x.mean(dim=-1, keepdim=True).expand_as(x)
+            std = torch.sqrt(torch.var(x, dim=-1, keepdim=True) + VAR_EPS).expand_as(x)
+            x_in = torch.cat((x, mean, std), dim=1)
+        alpha = torch.softmax(self.linear2(torch.tanh(self.linear1(x_in))), dim=2)
+        mean = torch.sum(alpha * x, dim=2)
+        var = torch.sum(alpha * x * x, dim=2) - mean * mean
+        return torch.cat([mean, torch.sqrt(var.clamp(min=VAR_EPS))], dim=1)
+
+
+class ECAPATDNN(nn.Module):
+    """WeSpeaker ECAPA_TDNN: fbank (B, T, 80) -> embedding (B, embed_dim), the upstream tuple's last element."""
+
+    def __init__(self, channels: int = 512, global_context: bool = True, embed_dim: int = 192, feat_dim: int = 80):
+        super().__init__()
+        self.layer1 = ConvReluBn(feat_dim, channels, kernel=5)
+        self.layer2 = SERes2Block(channels, dilation=2)
+        self.layer3 = SERes2Block(channels, dilation=3)
+        self.layer4 = SERes2Block(channels, dilation=4)
+        self.conv = nn.Conv1d(channels * 3, 1536, 1)
+        self.pool = ASTP(1536, global_context)
+        self.bn = nn.BatchNorm1d(3072)
+        self.linear = nn.Linear(3072, embed_dim)
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        out1 = self.layer1(feats.transpose(1, 2))
+        out2 = self.layer2(out1)
+        out3 = self.layer3(out2)
+        out4 = self.layer4(out3)
+        out = F.relu(self.conv(torch.cat([out2, out3, out4], dim=1)))
+        return self.linear(self.bn(self.pool(out)))
+
+
+def variant(state: Mapping[str, torch.Tensor]) -> tuple[int, bool, int]:
+    """(channels, global_context, embed_dim) read from the checkpoint's shapes; defaults where keys are absent."""
+    def dim(key: str, axis: int, default: int) -> int:
+        t = state.get(key)
+        return int(t.shape[axis]) if isinstance(t, torch.Tensor) and t.dim() > axis else default
+
+    channels = dim("layer1.conv.weight", 0, 512)
+    channels = channels if channels in (512, 1024) else 512  # other widths are not WeSpeaker classes: shape error
+    return channels, dim("pool.linear1.weight", 1, 4608) == 4608, dim("linear.weight", 0, 192)
+
+
+def build(arch: str, checkpoint: Path | None) -> Built:
+    """Load a WeSpeaker ECAPA-TDNN avg_model.pt (variant detected from its shapes) as a waveform-in encoder."""
+    if checkpoint is None:
+        raise ExportError(f"{arch}: --checkpoint is required (WeSpeaker avg_model.pt)")
+    state = wespeaker_state(checkpoint)
+    channels, glob, embed_dim = variant(state)
+    cls = f"ECAPA_TDNN{'_GLOB' if glob else ''}_c{channels}"
+    net = ECAPATDNN(channels, glob, embed_dim)
+    layout = "WeSpeaker ECAPA_TDNN[_GLOB]_c512/_c1024 raw state_dict"
+    extra = {"class": cls, "channels": channels, "global_context_att": glob, "embed_dim": embed_dim,
+             "pooling": "ASTP", "params": sum(p.numel() for p in net.parameters())}
+    return wespeaker_built(arch, checkpoint, net, state, layout,
+                           f"{WESPEAKER} wespeaker/models/ecapa_tdnn.py {cls}", embed_dim, extra)

@@ -1,0 +1,157 @@
+"""Speaker embeddings from an exported model: exact batching, and files decoded while the model runs."""
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from contextlib import closing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from voxfloat.runtime.audio import AudioError, load_audio
+from voxfloat.runtime.card import INPUT_NAME, OUTPUT_NAME
+from voxfloat.runtime.session import ModelError, card_from_metadata, check_io, make_session, one_line
+
+PathLike = str | os.PathLike
+
+
+@dataclass
+class EmbedResult:
+    """Embeddings of the files that decoded, in input order, and one error line per file that did not."""
+
+    embeddings: np.ndarray                                           # (n_ok, D) float32
+    paths_ok: list[PathLike] = field(default_factory=list)          # as given, row i <-> paths_ok[i]
+    errors: list[tuple[PathLike, str]] = field(default_factory=list)  # (path, "<path>: <problem>")
+
+
+class SpeakerEncoder:
+    """An exported voxfloat model on CPU or CUDA: waveform(s) at card.sample_rate in, embeddings out.
+
+    Batches hold only inputs of identical length: zero padding changes the embedding of every
+    upstream encoder, so a batch gives exactly what one-by-one runs give.
+    """
+
+    def __init__(self, model_path: PathLike, device: str = "auto", threads: int = 0, batch_size: int = 16,
+                 device_id: int = 0):
+        self.path = Path(model_path)
+        self.session, self.device = make_session(self.path, device, threads, device_id)
+        check_io(self.path, self.session)
+        self.card = card_from_metadata(self.path, self.session.get_modelmeta().custom_metadata_map)
+        self.providers: list[str] = self.session.get_providers()
+        self.batch_size = max(1, int(batch_size))
+        self._device_id = device_id
+        self._bind_device = "cuda" if self.device == "cuda" else None  # I/O binding on the GPU only
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        """One session run on a (B, T) float32 batch; (B, D) float32."""
+        try:
+            if self._bind_device:
+                return self._run_bound(batch, self._bind_device)
+            return self.session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
+        except Exception as e:  # onnxruntime's Fail / RuntimeException on shapes the graph cannot take
+            raise ModelError(f"{self.path}: inference failed on input {list(batch.shape)} ({one_line(e)})") from None
+
+    def _run_bound(self, batch: np.ndarray, device: str) -> np.ndarray:
+        """Run with input and output as OrtValues on `device`: one copy in, one copy out, no staging."""
+        binding = self.session.io_binding()
+        x = ort.OrtValue.ortvalue_from_numpy(batch, device, self._device_id)
+        y = ort.OrtValue.ortvalue_from_shape_and_type((batch.shape[0], self.card.embedding_dim), np.float32,
+                                                      device, self._device_id)
+        binding.bind_ortvalue_input(INPUT_NAME, x)
+        binding.bind_ortvalue_output(OUTPUT_NAME, y)
+        self.session.run_with_iobinding(binding)
+        return y.numpy()
+
+    def embed(self, wave: np.ndarray) -> np.ndarray:
+        """Embedding (D,) float32 of one 1-D waveform at card.sample_rate."""
+        return self.embed_batch([wave])[0]
+
+    def embed_batch(self, waves: Sequence[np.ndarray]) -> np.ndarray:
+        """Embeddings (N, D) in input order; equal-length inputs share runs of up to batch_size."""
+        arrays = [np.ascontiguousarray(w, dtype=np.float32) for w in waves]
+        for i, w in enumerate(arrays):
+            if w.ndim != 1 or w.size == 0:
+                raise ValueError(f"waveform {i}: expected a non-empty 1-D array, got shape {w.shape}")
+        out = np.empty((len(arrays), self.card.embedding_dim), dtype=np.float32)
+        by_length: dict[int, list[int]] = defaultdict(list)
+        for i, w in enumerate(arrays):
+            by_length[w.size].append(i)
+        for idx in by_length.values():
+            for start in range(0, len(idx), self.batch_size):
+                chunk = idx[start:start + self.batch_size]
+                out[chunk] = self._run(np.stack([arrays[i] for i in chunk]))
+        return out
+
+    def _decoded(self, paths: Sequence[PathLike]) -> Iterator[tuple[PathLike, np.ndarray | str]]:
+        """Yield (path, waveform or error line) in order, decoding in a background thread."""
+        q: queue.Queue = queue.Queue(maxsize=2 * self.batch_size)
+        stop = threading.Event()
+        sr, min_s = self.card.sample_rate, self.card.min_seconds
+
+        def put(item: object) -> bool:
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def work() -> None:
+            try:
+                for p in paths:
+                    try:
+                        item: np.ndarray | str = load_audio(p, sr, min_s)
+                    except AudioError as e:
+                        item = str(e)
+                    if not put((p, item)):
+                        return
+                put(None)
+            except BaseException as e:  # anything unexpected is re-raised in the caller's thread
+                put(e)
+
+        thread = threading.Thread(target=work, name="voxfloat-decode", daemon=True)
+        thread.start()
+        try:
+            while (got := q.get()) is not None:
+                if isinstance(got, BaseException):
+                    raise got
+                yield got
+        finally:
+            stop.set()
+            thread.join()
+
+    def embed_files(self, paths: Sequence[PathLike], progress: bool = False) -> EmbedResult:
+        """Embed audio files; bad files are listed in .errors and skipped, the rest embedded in order."""
+        from tqdm import tqdm
+
+        paths = list(paths)
+        rows: list[np.ndarray] = []
+        result = EmbedResult(np.empty((0, self.card.embedding_dim), np.float32))
+        pending: list[tuple[PathLike, np.ndarray]] = []
+
+        def flush() -> None:
+            if pending:
+                rows.append(self.embed_batch([w for _, w in pending]))
+                result.paths_ok.extend(p for p, _ in pending)
+                pending.clear()
+
+        with tqdm(total=len(paths), unit="file", desc="embedding", disable=not progress) as bar, \
+                closing(self._decoded(paths)) as items:
+            for p, item in items:
+                if isinstance(item, str):
+                    result.errors.append((p, item))
+                else:
+                    pending.append((p, item))
+                    if len(pending) >= self.batch_size:
+                        flush()
+                bar.update(1)
+            flush()
+        if rows:
+            result.embeddings = np.concatenate(rows)
+        return result

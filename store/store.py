@@ -1,0 +1,418 @@
+"""VoiceprintStore: a .vxf file of packed speaker voiceprints, opened by memory map and edited under a lock.
+
+A speaker enrolled from k utterances is stored once: the L2-normalised mean of its L2-normalised embeddings,
+rescaled to their mean norm (so a `none` store sees the model's own value range). Scores are cosines.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from voxfloat.store import vxf
+from voxfloat.store.codec import SCALE_MODES, Codec
+from voxfloat.store.errors import StoreError
+from voxfloat.store.formats import FORMATS
+
+ENROLLMENT = "normalised-mean"
+MAX_ID_BYTES = 256
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+
+
+def _header_codec(header: dict) -> Codec:
+    """The codec a header describes; StoreError (without path, added by the caller) if it names none."""
+    fmt, scale, dim = header.get("format"), header.get("scale"), header.get("dim")
+    if fmt not in FORMATS:
+        raise StoreError(f"unknown format {fmt!r}")
+    if scale not in SCALE_MODES:
+        raise StoreError(f"unknown scale mode {scale!r}")
+    if not isinstance(dim, int) or dim < 1:
+        raise StoreError(f"bad dimension {dim!r}")
+    return Codec(fmt, scale)
+
+
+class VoiceprintStore:
+    """Speaker voiceprints in one format and scale mode: read-only when opened, editable inside `edit`."""
+
+    def __init__(self, path: Path, header: dict, rows: np.ndarray, n_utterances: np.ndarray,
+                 ids: list[str] | None, id_blob: memoryview | bytes | None, *, writable: bool,
+                 crc32: int | None = None, file_size: int | None = None, version: int = vxf.VERSION):
+        self.path = Path(path)
+        self._header = header
+        self.codec = _header_codec(header)
+        self._rows, self._nutt, self._n = rows, n_utterances, len(rows)
+        self._ids, self._id_blob = ids, id_blob
+        self._index: dict[str, int] | None = None
+        self._norms: np.ndarray | None = None
+        self._writable = writable
+        self._crc32, self._file_size, self._version = crc32, file_size, version
+
+    # -- opening, creating, editing ------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: str | Path, dim: int | None = None) -> "VoiceprintStore":
+        """Map `path` read-only after checking prefix, size, checksum and header; `dim` also checks the width."""
+        path = Path(path)
+
+        def row_bytes_for(header: dict) -> int:
+            try:
+                return _header_codec(header).row_bytes(header["dim"])
+            except StoreError as e:
+                raise StoreError(f"{path}: corrupt header: {e}") from None
+
+        m = vxf.read(path, row_bytes_for)
+        if dim is not None and m.header["dim"] != dim:
+            raise StoreError(f"{path}: wrong dimension: the store holds {m.header['dim']}-dim voiceprints, "
+                             f"the model gives {dim}")
+        return cls(path, m.header, m.rows, m.n_utterances, None, m.speaker_ids, writable=False,
+                   crc32=m.crc32, file_size=m.file_size, version=m.version)
+
+    @classmethod
+    def _new(cls, path: Path, *, fmt: str, scale: str, dim: int, model: dict,
+             thresholds: dict[str, float] | None = None) -> "VoiceprintStore":
+        """An empty, writable, not yet written store (arguments checked)."""
+        if not isinstance(model, dict) or not isinstance(model.get("fingerprint"), str) \
+                or not isinstance(model.get("arch"), str):
+            raise StoreError(f"{path}: model must be a dict with string 'fingerprint' and 'arch'")
+        if not isinstance(dim, int) or dim < 1:
+            raise StoreError(f"{path}: dimension must be a positive integer, got {dim!r}")
+        try:
+            codec = Codec(fmt, scale)
+        except StoreError as e:
+            raise StoreError(f"{path}: {e}") from None
+        now = _now()
+        header = {"format": fmt, "scale": scale, "dim": dim, "count": 0, "row_bytes": codec.row_bytes(dim),
+                  "model": model, "thresholds": {}, "threshold_source": None, "enrollment": ENROLLMENT,
+                  "created": now, "updated": now}
+        store = cls(path, header, np.zeros((0, codec.row_bytes(dim)), np.uint8), np.zeros(0, np.uint32), [],
+                    None, writable=True)
+        if thresholds:
+            store.set_thresholds(thresholds, source="create")
+        return store
+
+    @classmethod
+    def create(cls, path: str | Path, *, fmt: str, scale: str, dim: int, model: dict,
+               thresholds: dict[str, float] | None = None, overwrite: bool = False) -> "VoiceprintStore":
+        """Write a new empty store (mode 0600) and return it opened; an existing file needs overwrite=True."""
+        path = Path(path)
+        with vxf.locked(path):
+            if path.exists() and not overwrite:
+                raise StoreError(f"{path}: already exists (use edit to change it)")
+            cls._new(path, fmt=fmt, scale=scale, dim=dim, model=model, thresholds=thresholds)._write()
+        return cls.open(path)
+
+    @classmethod
+    @contextlib.contextmanager
+    def edit(cls, path: str | Path, **create: object) -> Iterator["VoiceprintStore"]:
+        """Lock, load (or create from `create` kwargs: fmt, scale, dim, model, thresholds), yield, write atomically.
+
+        The exclusive lock covers the whole read-modify-write, so concurrent editors never lose each
+        other's changes; nothing is written if the block raises.
+        """
+        path = Path(path)
+        with vxf.locked(path):
+            if path.exists():
+                store = cls.open(path)._editable()
+                store._check_create_args(create)
+            elif create:
+                store = cls._new(path, **create)
+            else:
+                raise StoreError(f"{path}: no such voiceprint store (give fmt, scale, dim and model to create one)")
+            yield store
+            store._write()
+            store._writable = False
+
+    def _editable(self) -> "VoiceprintStore":
+        """A writable in-memory copy of this (mapped) store."""
+        return VoiceprintStore(self.path, dict(self._header), np.array(self._rows), np.array(self._nutt, np.uint32),
+                               list(self.speakers), None, writable=True)
+
+    def _check_create_args(self, create: dict) -> None:
+        """Creation arguments given for an existing store must agree with it."""
+        for key, have in (("fmt", self.format), ("scale", self.scale), ("dim", self.dim)):
+            if key in create and create[key] != have:
+                raise StoreError(f"{self.path}: the store has {key} {have}, not {create[key]}")
+        if isinstance(create.get("model"), dict) and "fingerprint" in create["model"]:
+            self.check_model(str(create["model"]["fingerprint"]))
+
+    def _write(self) -> None:
+        n = self._n
+        self._header.update(count=n, updated=_now())
+        vxf.write(self.path, self._header, self._rows[:n], self._nutt[:n], self.speakers)
+
+    def close(self) -> None:
+        """Drop the references to the memory map (it is unmapped once no returned array uses it)."""
+        self._rows = self._rows[:0].copy()
+        self._nutt, self._id_blob, self._n = self._nutt[:0].copy(), None, 0
+
+    def __enter__(self) -> "VoiceprintStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- properties ----------------------------------------------------------------------------------
+
+    @property
+    def format(self) -> str:
+        return self._header["format"]
+
+    @property
+    def scale(self) -> str:
+        return self._header["scale"]
+
+    @property
+    def dim(self) -> int:
+        return self._header["dim"]
+
+    @property
+    def model(self) -> dict:
+        return self._header["model"]
+
+    @property
+    def thresholds(self) -> dict[str, float]:
+        return dict(self._header["thresholds"])
+
+    @property
+    def threshold(self) -> float | None:
+        """The decision threshold calibrated for this store's format, if any."""
+        return self._header["thresholds"].get(self.format)
+
+    @property
+    def speakers(self) -> list[str]:
+        """Speaker ids in row order (parsed from the map on first use)."""
+        if self._ids is None:
+            self._ids = vxf.parse_ids(self.path, self._id_blob, self._n)
+        return self._ids
+
+    @property
+    def n_utterances(self) -> np.ndarray:
+        """(count,) utterances averaged into each voiceprint."""
+        return self._nutt[:self._n]
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __contains__(self, speaker_id: object) -> bool:
+        return speaker_id in self._positions()
+
+    def __repr__(self) -> str:
+        return f"VoiceprintStore({str(self.path)!r}, {self.format}/{self.scale}, dim={self.dim}, count={self._n})"
+
+    def _positions(self) -> dict[str, int]:
+        if self._index is None:
+            index = {s: i for i, s in enumerate(self.speakers)}
+            if len(index) != self._n:
+                raise StoreError(f"{self.path}: corrupt speaker ids: duplicates")
+            self._index = index
+        return self._index
+
+    def _row_of(self, speaker_id: str) -> int:
+        try:
+            return self._positions()[speaker_id]
+        except KeyError:
+            raise StoreError(f"{self.path}: no speaker {speaker_id!r}") from None
+
+    # -- checks --------------------------------------------------------------------------------------
+
+    def check_model(self, fingerprint: str) -> None:
+        """Refuse embeddings from any model but the one this store was built with."""
+        have = str(self.model["fingerprint"])
+        if fingerprint != have:
+            raise StoreError(f"{self.path}: built with model {self.model['arch']} {have[:12]}, not "
+                             f"{fingerprint[:12]}; enroll again with this model or use the matching one")
+
+    def _check_embeddings(self, E: np.ndarray, what: str) -> np.ndarray:
+        E = np.asarray(E, np.float32)
+        if E.ndim == 1:
+            E = E[None, :]
+        if E.ndim != 2 or E.shape[1] != self.dim or len(E) == 0:
+            raise StoreError(f"{self.path}: {what} must be (k, {self.dim}) embeddings, got shape {np.shape(E)}")
+        if not np.isfinite(E).all():
+            raise StoreError(f"{self.path}: {what} contains NaN or inf")
+        return E
+
+    def _check_id(self, speaker_id: object) -> str:
+        if not isinstance(speaker_id, str) or not speaker_id or not speaker_id.isprintable() \
+                or speaker_id != speaker_id.strip():
+            raise StoreError(f"{self.path}: bad speaker id {speaker_id!r}: use printable text without "
+                             "surrounding spaces")
+        try:
+            size = len(speaker_id.encode("utf-8"))
+        except UnicodeEncodeError:
+            raise StoreError(f"{self.path}: bad speaker id {speaker_id!r}: not valid Unicode text") from None
+        if size > MAX_ID_BYTES:
+            raise StoreError(f"{self.path}: speaker id of {size} bytes, the limit is {MAX_ID_BYTES}")
+        return speaker_id
+
+    def _need_writable(self) -> None:
+        if not self._writable:
+            raise StoreError(f"{self.path}: opened read-only; change it inside VoiceprintStore.edit(...)")
+
+    # -- editing -------------------------------------------------------------------------------------
+
+    def add(self, speaker_id: str, embeddings: np.ndarray, replace: bool = False) -> None:
+        """Enroll one speaker from its (k, dim) utterance embeddings, stored as their normalised mean."""
+        self._need_writable()
+        E = self._check_embeddings(embeddings, f"embeddings for {speaker_id!r}")
+        unit = E / np.linalg.norm(E, axis=1, keepdims=True).clip(min=np.finfo(np.float32).tiny)
+        mean = unit.astype(np.float64).mean(axis=0)
+        norm = np.linalg.norm(mean)
+        if not norm > 0:
+            raise StoreError(f"{self.path}: embeddings for {speaker_id!r} average to zero")
+        voiceprint = (mean / norm * np.linalg.norm(E, axis=1).mean()).astype(np.float32)
+        self._put([speaker_id], voiceprint[None, :], np.array([len(E)], np.uint32), replace)
+
+    def add_many(self, speaker_ids: Sequence[str], embeddings: np.ndarray, replace: bool = False) -> None:
+        """Enroll many speakers from one embedding each (row i belongs to speaker_ids[i])."""
+        self._need_writable()
+        E = self._check_embeddings(embeddings, "embeddings")
+        if len(speaker_ids) != len(E):
+            raise StoreError(f"{self.path}: {len(speaker_ids)} speaker ids for {len(E)} embeddings")
+        self._put(list(speaker_ids), E, np.ones(len(E), np.uint32), replace)
+
+    def _put(self, ids: list[str], E: np.ndarray, nutt: np.ndarray, replace: bool) -> None:
+        pos = self._positions()
+        new: dict[str, int] = {}
+        for i, s in enumerate(ids):
+            self._check_id(s)
+            if s in new:
+                raise StoreError(f"{self.path}: speaker {s!r} is given twice")
+            if s in pos and not replace:
+                raise StoreError(f"{self.path}: speaker {s!r} is already enrolled (replace it explicitly)")
+            new[s] = i
+        packed = self.codec.encode(E)
+        old = np.array([pos[s] for s in ids if s in pos], np.int64)
+        if len(old):
+            src = np.array([new[s] for s in ids if s in pos], np.int64)
+            self._rows[old], self._nutt[old] = packed[src], nutt[src]
+        fresh = np.array([i for i, s in enumerate(ids) if s not in pos], np.int64)
+        self._grow(len(fresh))
+        n = self._n
+        self._rows[n:n + len(fresh)], self._nutt[n:n + len(fresh)] = packed[fresh], nutt[fresh]
+        for k, i in enumerate(fresh):
+            pos[ids[i]] = n + k
+            self.speakers.append(ids[i])
+        self._n += len(fresh)
+        self._norms = None
+
+    def _grow(self, extra: int) -> None:
+        """Make room for `extra` more rows (capacity doubles, so many single adds stay linear)."""
+        need = self._n + extra
+        if need <= len(self._rows):
+            return
+        cap = max(need, 2 * len(self._rows), 16)
+        rows = np.zeros((cap, self._rows.shape[1]), np.uint8)
+        rows[:self._n] = self._rows[:self._n]
+        nutt = np.zeros(cap, np.uint32)
+        nutt[:self._n] = self._nutt[:self._n]
+        self._rows, self._nutt = rows, nutt
+
+    def remove(self, speaker_id: str) -> None:
+        """Delete one speaker."""
+        self._need_writable()
+        i = self._row_of(speaker_id)
+        n = self._n
+        self._rows[i:n - 1] = self._rows[i + 1:n].copy()
+        self._nutt[i:n - 1] = self._nutt[i + 1:n].copy()
+        del self.speakers[i]
+        self._n -= 1
+        self._index, self._norms = None, None
+
+    def set_thresholds(self, thresholds: dict[str, float], source: str) -> None:
+        """Record calibrated cosine thresholds per format (merged into the existing ones) and where they came from."""
+        self._need_writable()
+        clean = {}
+        for fmt, value in thresholds.items():
+            if fmt not in FORMATS:
+                raise StoreError(f"{self.path}: threshold for unknown format {fmt!r}")
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or not -1.0 <= value <= 1.0:
+                raise StoreError(f"{self.path}: threshold for {fmt} must be a cosine in [-1, 1], got {value!r}")
+            clean[fmt] = float(value)
+        self._header["thresholds"] = {**self._header["thresholds"], **clean}
+        self._header["threshold_source"] = str(source)
+
+    # -- scoring -------------------------------------------------------------------------------------
+
+    def _store_norms(self) -> np.ndarray:
+        if self._norms is None:
+            self._norms = self.codec.norms(self._rows[:self._n], self.dim)
+        return self._norms
+
+    def score(self, query: np.ndarray, speaker_id: str) -> float:
+        """Cosine of one (dim,) query embedding against one enrolled speaker (1:1 verification)."""
+        i = self._row_of(speaker_id)
+        q = self._check_embeddings(query, "query")
+        return float(self.codec.cosine(self._rows[i:i + 1], self.dim, q[:1])[0, 0])
+
+    def identify(self, queries: np.ndarray, top_k: int = 5) -> list[list[tuple[str, float]]]:
+        """Top-k (speaker id, cosine) per (q, dim) query, best first (1:N identification)."""
+        Q = self._check_embeddings(queries, "queries")
+        k = min(int(top_k), self._n)
+        if k <= 0:
+            return [[] for _ in Q]
+        best_s = np.full((len(Q), 0), -np.inf, np.float32)
+        best_i = np.zeros((len(Q), 0), np.int64)
+        for lo, cos in self.codec.iter_cosine(self._rows[:self._n], self.dim, Q, self._store_norms()):
+            if cos.shape[1] > k:
+                part = np.argpartition(-cos, k - 1, axis=1)[:, :k]
+                cos, idx = np.take_along_axis(cos, part, axis=1), part + lo
+            else:
+                idx = np.broadcast_to(np.arange(lo, lo + cos.shape[1]), cos.shape)
+            best_s = np.concatenate([best_s, cos], axis=1)
+            best_i = np.concatenate([best_i, idx], axis=1)
+            if best_s.shape[1] > 4 * k:
+                keep = np.argpartition(-best_s, k - 1, axis=1)[:, :k]
+                best_s, best_i = np.take_along_axis(best_s, keep, 1), np.take_along_axis(best_i, keep, 1)
+        order = np.lexsort((best_i, -best_s), axis=1)[:, :k]
+        ids = self.speakers
+        return [[(ids[best_i[r, c]], float(best_s[r, c])) for c in order[r]] for r in range(len(Q))]
+
+    def score_pairs(self, speaker_ids: Sequence[str], queries: np.ndarray) -> np.ndarray:
+        """(m,) float32 cosines for a trial list: pair i is (speaker_ids[i], queries[i])."""
+        Q = self._check_embeddings(queries, "queries")
+        if len(speaker_ids) != len(Q):
+            raise StoreError(f"{self.path}: {len(speaker_ids)} speaker ids for {len(Q)} queries")
+        rows = np.array([self._row_of(s) for s in speaker_ids], np.int64)
+        out = np.empty(len(Q), np.float32)
+        for lo in range(0, len(Q), 8192):
+            D = self.codec.decode(self._rows[rows[lo:lo + 8192]], self.dim).astype(np.float64)
+            q = Q[lo:lo + 8192].astype(np.float64)
+            den = np.linalg.norm(D, axis=1) * np.linalg.norm(q, axis=1)
+            out[lo:lo + len(q)] = np.where(den > 0, (D * q).sum(axis=1) / np.where(den > 0, den, 1), 0.0)
+        return out
+
+    # -- description ---------------------------------------------------------------------------------
+
+    def info(self) -> dict:
+        """Everything `voxfloat info` shows about the store."""
+        h, nutt = self._header, self.n_utterances
+        return {
+            "path": str(self.path),
+            "version": self._version,
+            "format": self.format,
+            "scale": self.scale,
+            "dim": self.dim,
+            "count": self._n,
+            "bytes_per_voiceprint": self.codec.row_bytes(self.dim),
+            "bits_per_value": 8 * self.codec.row_bytes(self.dim) / self.dim,
+            "file_size": self._file_size,
+            "model": dict(self.model),
+            "thresholds": self.thresholds,
+            "threshold": self.threshold,
+            "threshold_source": h.get("threshold_source"),
+            "enrollment": ("each voiceprint is the L2-normalised mean of its speaker's n utterance embeddings "
+                           f"(n = {int(nutt.min())}..{int(nutt.max())}, {int(nutt.sum())} utterances in all)"
+                           if self._n else "each voiceprint is the L2-normalised mean of its speaker's utterance "
+                           "embeddings (no speakers yet)"),
+            "created": h.get("created"),
+            "updated": h.get("updated"),
+            "checksum": (f"crc32 {self._crc32:08x} ok" if self._crc32 is not None else "not written yet"),
+        }

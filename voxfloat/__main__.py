@@ -1,0 +1,4 @@
+"""`python -m voxfloat` runs the command line."""
+from voxfloat.cli import main
+
+main()
