@@ -61,6 +61,7 @@ def main() -> None:
         export_onnx(model, built.card, onnx_path, None, dynamo=built.dynamo)  # same model: no scaling node
         enc = SpeakerEncoder(onnx_path, device="cpu", threads=args.threads, batch_size=max(args.batches))
     rng = np.random.default_rng(0)
+    speedups: list[float] = []
     print(f"{args.arch}: {built.card.source}; {args.threads} thread(s) each, fastest of {args.repeats} "
           f"alternating runs after a warm-up; torch {torch.__version__}, providers {enc.providers}\n")
     print("| input | batch | PyTorch ms | ORT ms | PyTorch RTF | ORT RTF | PyTorch x RT | ORT x RT | ORT speed-up | cosine |")
@@ -81,9 +82,13 @@ def main() -> None:
             cos = float(np.min(np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))))
             t_torch, t_ort = race([run_torch, run_ort], args.repeats)
             audio = seconds * batch
+            speedups.append(t_torch / t_ort)
             print(f"| {seconds:g} s | {batch} | {1000 * t_torch:.1f} | {1000 * t_ort:.1f} | {t_torch / audio:.4f} | "
                   f"{t_ort / audio:.4f} | {audio / t_torch:.0f} | {audio / t_ort:.0f} | {t_torch / t_ort:.2f}x | "
                   f"{cos:.6f} |", flush=True)
+    met = sum(x >= 1.5 for x in speedups)
+    print(f"\ntarget ORT >= 1.5x PyTorch: met in {met} of {len(speedups)} cells "
+          f"(speed-up {min(speedups):.2f}x to {max(speedups):.2f}x)")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -122,7 +123,10 @@ def write_onnx(model: nn.Module, example: torch.Tensor, out: str | os.PathLike, 
     fd, tmp = tempfile.mkstemp(prefix=out.name + ".", suffix=".tmp", dir=out.parent)
     os.close(fd)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            # The exporters' deprecation and constant-folding notes are about torch, not the user's model.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.onnx")
             kwargs = dict(input_names=[input_name], output_names=[output_name], opset_version=opset)
             if dynamo:
                 dims = {i: torch.export.Dim(name) for i, name in enumerate(dynamic)}

@@ -30,9 +30,9 @@ def _decode(path: Path) -> tuple[np.ndarray, int]:
     try:
         data, rate = sf.read(path, dtype="float32", always_2d=True)
         return data, rate
-    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
+    except (OSError, RuntimeError, TypeError, ValueError) as e:  # LibsndfileError is a RuntimeError
         first = _first_line(e)
-    import librosa  # only for types libsndfile does not know; its import is lazy and cheap
+    import librosa  # only for types libsndfile cannot read: its core takes seconds to import
 
     try:
         with warnings.catch_warnings():  # librosa warns that it is falling back to audioread
