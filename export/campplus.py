@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from voxfloat.export.core import ExportError, check_state_dict, fingerprint, load_checkpoint
-from voxfloat.export.ecapa import VAR_EPS, WESPEAKER, wespeaker_built, wespeaker_state
+from voxfloat.export.wespeaker import VAR_EPS, WESPEAKER, wespeaker_built, wespeaker_state
 from voxfloat.export.fbank import KaldiFbank
 from voxfloat.export.registry import Built
 from voxfloat.runtime.card import ModelCard

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from voxfloat.export.core import ExportError
-from voxfloat.export.ecapa import VAR_EPS, WESPEAKER, wespeaker_built, wespeaker_state
+from voxfloat.export.wespeaker import VAR_EPS, WESPEAKER, wespeaker_built, wespeaker_state
 from voxfloat.export.registry import Built
 
 BLOCKS = (3, 4, 6, 3)  # ResNet34

@@ -14,7 +14,8 @@ _WHERE = {
     "ModelError": "session", "read_card": "session", "make_session": "session",
     "SpeakerEncoder": "encoder", "EmbedResult": "encoder",
 }
-__all__ = sorted(_WHERE)
+__all__ = ["AudioError", "EmbedResult", "INPUT_NAME", "ModelCard", "ModelError", "OUTPUT_NAME",
+           "SpeakerEncoder", "load_audio", "make_session", "read_card"]
 
 if TYPE_CHECKING:
     from voxfloat.runtime.audio import AudioError, load_audio

@@ -123,7 +123,7 @@ def make_session(model_path: str | os.PathLike, device: str = "auto", threads: i
     if device == "cuda":
         raise ModelError(f"{path}: device cuda requested but {CUDA} did not load (CUDA/cuDNN libraries or "
                          "GPU missing; onnxruntime's log above names what); use device auto or cpu")
-    log.warning("%s: %s is listed but did not load%s; running on CPU (device cuda shows onnxruntime's reason)",
+    log.warning("%s: %s is listed but did not load%s; running on CPU (--device cpu skips the attempt; --device cuda shows why)",
                 path, CUDA, failure)
     return session or _create(path, [CPU], threads), "cpu"
 

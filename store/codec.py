@@ -67,6 +67,7 @@ class Codec:
             raise StoreError(str(e)) from None
         self.scale = scale
         self.packed = self.format.bits <= 8  # minifloats go through LUTs; f16/bf16/f32 through numpy
+        self.scannable = self.format.bits <= 16  # decoded arithmetically by the compiled scan
 
     def __repr__(self) -> str:
         return f"Codec({self.format.name!r}, {self.scale!r})"
@@ -149,7 +150,7 @@ class Codec:
     def norms(self, packed: np.ndarray, dim: int) -> np.ndarray:
         """(n,) float32 L2 norm of every decoded row (query independent, so stores cache it)."""
         packed = self._check_packed(packed, dim)
-        if self.packed:
+        if self.scannable:
             return np.sqrt(self._scan(packed, dim, None)[0])
         out = np.empty(packed.shape[0], np.float32)
         buf = np.empty((min(CHUNK, len(packed)), dim), np.float32)
@@ -162,7 +163,7 @@ class Codec:
     def _scan(self, packed: np.ndarray, dim: int, Q: np.ndarray | None) -> np.ndarray:
         """Compiled scan of the packed rows: (q, n) dot products with Q, or (1, n) squared norms if Q is None."""
         fmt = self.format
-        P = {8: 1, 4: 2, 6: 4}[fmt.bits]
+        P = {16: 1, 8: 1, 4: 2, 6: 4}[fmt.bits]
         G = -(-dim // P)
         if Q is None:
             Qp = np.zeros((1, P * G), np.float32)
@@ -177,7 +178,7 @@ class Codec:
 
     def iter_dots(self, packed: np.ndarray, dim: int, queries: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
         """Yield (first row, (q, rows) float32 dot products) chunk by chunk, never decoding the whole store."""
-        if self.packed and len(queries) <= SCAN_MAX_QUERIES:
+        if self.scannable and len(queries) <= SCAN_MAX_QUERIES:
             yield 0, self._scan(packed, dim, queries)
             return
         qt = np.ascontiguousarray(queries.T)

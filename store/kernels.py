@@ -1,4 +1,4 @@
-"""Compiled (numba) loops for minifloat stores: LUT encode + bit packing, decode, and per-query LUT dot scans.
+"""Compiled (numba) loops for minifloat stores: LUT encode + bit packing, decode, and arithmetic-decode dot scans.
 
 Rows are little-endian bitstreams: value j of a `bits`-wide format occupies bits [bits*j, bits*j + bits)
 of the row, bit k being bit k % 8 of byte k // 8. Block scales (one e8m0 byte per 32 values) follow the
@@ -53,24 +53,6 @@ def encode_rows(x, mult, block, lut, bits, out):
 
 
 @numba.jit(**_JIT)
-def unpack_codes(packed, d, bits, out):
-    """Unpack (n, >=value bytes) uint8 rows into (n, d) uint8 codes (the inverse of encode_rows' packing)."""
-    n = packed.shape[0]
-    mask = (1 << bits) - 1
-    for i in range(n):
-        row = packed[i]
-        o = out[i]
-        for j in range(d):
-            pos = bits * j
-            k = pos >> 3
-            sh = pos & 7
-            w = np.uint32(row[k]) >> sh
-            if sh + bits > 8:
-                w |= np.uint32(row[k + 1]) << (8 - sh)
-            o[j] = w & mask
-
-
-@numba.jit(**_JIT)
 def decode_rows(packed, d, bits, lut, nvb, blk, scale_lut, out):
     """Decode packed rows to float32 through the code LUT, applying e8m0 block scales when blk > 0."""
     n = packed.shape[0]
@@ -102,13 +84,13 @@ def decode_rows(packed, d, bits, lut, nvb, blk, scale_lut, out):
 def scan(packed, d, bits, mbits, bias, blk, nvb, Qp, squares, scale_lut, out):
     """out[q, i] = dot of decoded row i with permuted query Qp[q] (or its squared norm if `squares`).
 
-    Codes are split into P phases (P values per unit of 1 byte (8-bit), 1 byte (4-bit, 2 phases) or 3 bytes
-    (6-bit, 4 phases)); Qp[q, p * G + g] is query value g * P + p. Each code is decoded arithmetically into
+    Codes are split into P phases (P values per unit of 1 byte (8-bit), 2 bytes (16-bit), 1 byte (4-bit,
+    2 phases) or 3 bytes (6-bit, 4 phases)); Qp[q, p * G + g] is query value g * P + p. Each code is decoded arithmetically into
     float32 bits (sign | (magnitude << (23 - mbits)) + exponent offset, with subnormals fixed by subtracting
     2**(1 - bias)) so the loops vectorise; block scales (blk > 0) multiply each value by its e8m0 scale.
     """
     n = packed.shape[0]
-    P = 1 if bits == 8 else (2 if bits == 4 else 4)
+    P = 1 if bits >= 8 else (2 if bits == 4 else 4)
     G = Qp.shape[1] // P
     L = P * G
     codes = np.zeros(L, np.int32)
@@ -135,6 +117,9 @@ def scan(packed, d, bits, mbits, bias, blk, nvb, Qp, squares, scale_lut, out):
         if bits == 8:
             for g in range(G):
                 codes[g] = row[g]
+        elif bits == 16:
+            for g in range(G):
+                codes[g] = np.int32(row[2 * g]) | (np.int32(row[2 * g + 1]) << 8)
         elif bits == 4:
             for g in range(G):
                 b = np.int32(row[g])

@@ -193,6 +193,11 @@ class VoiceprintStore:
         return self._ids
 
     @property
+    def packed(self) -> np.ndarray:
+        """(count, row_bytes) uint8 packed voiceprints (a read-only view of the map when opened)."""
+        return self._rows[:self._n]
+
+    @property
     def n_utterances(self) -> np.ndarray:
         """(count,) utterances averaged into each voiceprint."""
         return self._nutt[:self._n]

@@ -24,6 +24,7 @@ LEGACY = {".weight_g": ".parametrizations.weight.original0", ".weight_v": ".para
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine along the last axis."""
     return np.sum(a * b, -1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
 
 
@@ -34,15 +35,18 @@ def assert_parity(got: np.ndarray, ref: np.ndarray, what: str) -> None:
 
 
 def embed(encoder: torch.nn.Module, wav: np.ndarray) -> np.ndarray:
+    """PyTorch embedding of one waveform."""
     with torch.no_grad():
         return encoder(torch.from_numpy(wav)[None])[0].numpy()
 
 
 def session(path: Path) -> ort.InferenceSession:
+    """ONNX Runtime on the CPU."""
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
 def run(sess: ort.InferenceSession, batch: np.ndarray) -> np.ndarray:
+    """ONNX embeddings of a (B, T) batch."""
     return sess.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
 
 

@@ -338,3 +338,11 @@ def test_runtime_never_imports_torch_and_card_stays_light():
             "print(light, 'onnxruntime' in sys.modules, 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["True", "True", "False"]
+
+
+def test_public_names_resolve():
+    import voxfloat.runtime as runtime
+
+    assert all(getattr(runtime, name) is not None for name in runtime.__all__)
+    with pytest.raises(AttributeError):
+        runtime.no_such_name  # noqa: B018

@@ -110,7 +110,7 @@ def test_scoring_matches_float_reference(tmp_path: Path, fmt: str, scale: str) -
     E = make(path, n=40, fmt=fmt, scale=scale)
     s = VoiceprintStore.open(path)
     codec = Codec(fmt, scale)
-    D = codec.decode(np.asarray(s._rows), DIM).astype(np.float64)
+    D = codec.decode(s.packed, DIM).astype(np.float64)
     D /= np.linalg.norm(D, axis=1, keepdims=True)
     Q = E[:, 1] + 0.3 * np.random.default_rng(1).standard_normal((40, DIM)).astype(np.float32)
     Qn = Q / np.linalg.norm(Q, axis=1, keepdims=True)

@@ -1,0 +1,182 @@
+"""Benchmark of voxfloat.store on random embedding-like vectors, against numpy float32 and FAISS (one core).
+
+Prints tables: bytes per voiceprint and file size per format and scale mode; encode/decode throughput;
+open time of .vxf files; 1:N identification (top-5) throughput for one query and a batch of 64 with
+top-1 agreement to exact float32 search, next to numpy float32 matmul, FAISS IndexFlatIP and
+IndexScalarQuantizer (QT_fp16, QT_8bit, QT_6bit, QT_4bit). faiss-cpu is a benchmark-only dependency.
+
+    python bench/store_bench.py            # 100k for every format and mode, 1M for the vector mode and e2m1
+    python bench/store_bench.py --big 0    # skip the 1M runs (about a minute)
+"""
+from __future__ import annotations
+
+import os
+
+for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+    os.environ[_v] = "1"  # one core for everybody, FAISS and BLAS included
+
+import argparse  # noqa: E402
+import resource  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import faiss  # noqa: E402
+import numpy as np  # noqa: E402
+
+from voxfloat.store import FORMATS, SCALE_MODES, Codec, VoiceprintStore  # noqa: E402
+
+DIM = 512
+MODEL = {"fingerprint": "0" * 64, "arch": "bench"}
+SQ_TYPES = ("QT_fp16", "QT_8bit", "QT_6bit", "QT_4bit")
+
+
+def embeddings(n: int, seed: int = 0) -> np.ndarray:
+    """Roughly normal, anisotropic (per-dimension spread), L2-normalised float32 vectors."""
+    rng = np.random.default_rng(seed)
+    spread = rng.lognormal(0.0, 0.4, DIM).astype(np.float32)
+    E = np.empty((n, DIM), np.float32)
+    for lo in range(0, n, 100_000):
+        x = rng.standard_normal((min(100_000, n - lo), DIM), dtype=np.float32) * spread + 0.02
+        E[lo:lo + len(x)] = x / np.linalg.norm(x, axis=1, keepdims=True)
+    return E
+
+
+def queries(E: np.ndarray, k: int, seed: int = 1) -> np.ndarray:
+    """New "utterances" of k enrolled speakers: their vector plus noise, cosine about 0.6 to it."""
+    rng = np.random.default_rng(seed)
+    idx = rng.choice(len(E), k, replace=False)
+    q = E[idx] + rng.standard_normal((k, DIM), dtype=np.float32) * np.float32(1.33 / np.sqrt(DIM))
+    return q / np.linalg.norm(q, axis=1, keepdims=True)
+
+
+def cpu(fn, reps: int = 1) -> float:
+    """Seconds of CPU time per call (the machine is shared: wall time would measure the neighbours)."""
+    t = time.process_time()
+    for _ in range(reps):
+        fn()
+    return (time.process_time() - t) / reps
+
+
+def table(title: str, head: list[str], rows: list[list]) -> None:
+    cells = [[str(c) for c in r] for r in rows]
+    w = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(head)]
+    print(f"\n{title}")
+    print("| " + " | ".join(h.ljust(w[i]) for i, h in enumerate(head)) + " |")
+    print("|" + "|".join("-" * (x + 2) for x in w) + "|")
+    for r in cells:
+        print("| " + " | ".join(c.rjust(w[i]) for i, c in enumerate(r)) + " |")
+
+
+def mib(b: float) -> str:
+    return f"{b / 2 ** 20:.1f}"
+
+
+def exact_top1(E: np.ndarray, Q: np.ndarray) -> np.ndarray:
+    return np.concatenate([np.argmax(E @ Q[i:i + 64].T, axis=0) for i in range(0, len(Q), 64)])
+
+
+def build(path: Path, fmt: str, scale: str, E: np.ndarray, ids: list[str]) -> tuple[float, float]:
+    """Write a store of E; returns (encode CPU seconds, whole build wall seconds)."""
+    path.unlink(missing_ok=True)
+    t = time.perf_counter()
+    with VoiceprintStore.edit(path, fmt=fmt, scale=scale, dim=DIM, model=MODEL) as s:
+        enc = cpu(lambda: s.add_many(ids, E))
+    return enc, time.perf_counter() - t
+
+
+def bench_store(tmp: Path, fmt: str, scale: str, E: np.ndarray, ids: list[str], Q64: np.ndarray,
+                Qa: np.ndarray, top_a: np.ndarray) -> dict:
+    path = tmp / f"{fmt}-{scale}.vxf"
+    enc, _ = build(path, fmt, scale, E, ids)
+    t = time.perf_counter()
+    s = VoiceprintStore.open(path)
+    opened = time.perf_counter() - t
+    norms = cpu(lambda: s.identify(Q64[:1], 5))  # first query also computes the cached row norms
+    one = cpu(lambda: s.identify(Q64[:1], 5), reps=3)
+    batch = cpu(lambda: s.identify(Q64, 5))
+    hits = s.identify(Qa, 1)
+    pos = {sid: i for i, sid in enumerate(ids)}
+    agree = np.mean([pos[h[0][0]] == t for h, t in zip(hits, top_a)])
+    dec = cpu(lambda: s.codec.decode(s.packed[:100_000], DIM))
+    res = dict(encode=enc, decode=min(len(E), 100_000) / dec, open=opened, norms=norms, one=one, batch=batch,
+               agree=agree, size=path.stat().st_size, row=s.codec.row_bytes(DIM))
+    s.close()
+    del s
+    path.unlink()
+    return res
+
+
+def bench_faiss(E: np.ndarray, Q64: np.ndarray, Qa: np.ndarray, top_a: np.ndarray) -> dict[str, dict]:
+    out = {}
+    flat = faiss.IndexFlatIP(DIM)
+    flat.add(E)
+    out["faiss IndexFlatIP"] = dict(one=cpu(lambda: flat.search(Q64[:1], 5), 3), batch=cpu(lambda: flat.search(Q64, 5)),
+                                    agree=np.mean(flat.search(Qa, 1)[1][:, 0] == top_a), size=E.nbytes,
+                                    row=4 * DIM)
+    del flat
+    for qt in SQ_TYPES:
+        ix = faiss.IndexScalarQuantizer(DIM, getattr(faiss.ScalarQuantizer, qt), faiss.METRIC_INNER_PRODUCT)
+        ix.train(E[:100_000])
+        enc = cpu(lambda: ix.add(E))
+        out[f"faiss SQ {qt}"] = dict(encode=enc, one=cpu(lambda: ix.search(Q64[:1], 5), 3),
+                                     batch=cpu(lambda: ix.search(Q64, 5)),
+                                     agree=np.mean(ix.search(Qa, 1)[1][:, 0] == top_a),
+                                     size=ix.sa_code_size() * len(E), row=ix.sa_code_size())
+        del ix
+    out["numpy f32 matmul"] = dict(one=cpu(lambda: np.argpartition(-(E @ Q64[0]), 5)[:5], 3),
+                                   batch=cpu(lambda: [np.argpartition(-(E[i:i + 65536] @ Q64.T), 5, axis=0)
+                                                      for i in range(0, len(E), 65536)]),
+                                   agree=1.0, size=E.nbytes, row=4 * DIM)
+    return out
+
+
+def scan_rows(n: int, results: dict[str, dict]) -> list[list]:
+    rows = []
+    for name, r in results.items():
+        rows.append([name, r["row"], mib(r["size"]), f"{n / r['one'] / 1e6:.1f}", f"{1 / r['one']:.0f}",
+                     f"{64 * n / r['batch'] / 1e6:.1f}", f"{64 / r['batch']:.0f}", f"{100 * r['agree']:.1f}"])
+    return rows
+
+
+def run(n: int, combos: list[tuple[str, str]], tmp: Path, n_agree: int) -> None:
+    t0 = time.perf_counter()
+    E = embeddings(n)
+    ids = [f"spk{i:07d}" for i in range(n)]
+    Q64, Qa = queries(E, 64), queries(E, n_agree, seed=2)
+    top_a = exact_top1(E, Qa)
+    print(f"\n## {n:,} x {DIM} vectors (data ready in {time.perf_counter() - t0:.0f} s)")
+    ours = {f"{f}/{s}": bench_store(tmp, f, s, E, ids, Q64, Qa, top_a) for f, s in combos}
+    table(f"Encode, decode and open ({n:,} voiceprints; encode/decode in CPU time, open in wall time incl. crc32)",
+          ["format/scale", "bytes/vector", "file MiB", "encode s", "encode Mval/s", "decode Mval/s",
+           "open ms", "first query (norms) ms"],
+          [[k, r["row"], mib(r["size"]), f"{r['encode']:.2f}", f"{n * DIM / r['encode'] / 1e6:.0f}",
+            f"{r['decode'] * DIM / 1e6:.0f}", f"{1e3 * r['open']:.1f}", f"{1e3 * r['norms']:.0f}"]
+           for k, r in ours.items()])
+    theirs = bench_faiss(E, Q64, Qa, top_a)
+    table(f"1:N identification, top-5, {n:,} vectors, one core (CPU time); agreement = top-1 equal to exact "
+          f"float32 on {n_agree} queries", ["method", "bytes/vector", "MiB", "1 query Mvec/s", "queries/s",
+                                            "batch 64 Mvec/s", "queries/s", "top-1 agree %"],
+          scan_rows(n, {**ours, **theirs}))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--small", type=int, default=100_000, help="vectors for every format and scale mode")
+    ap.add_argument("--big", type=int, default=1_000_000, help="vectors for the vector mode and e2m1 (0: skip)")
+    args = ap.parse_args()
+    print(f"voxfloat store benchmark: numpy {np.__version__}, faiss {faiss.__version__}, load average "
+          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    codec_sizes = [[f"{f}", *[Codec(f, s).row_bytes(DIM) for s in SCALE_MODES]] for f in FORMATS]
+    table(f"Bytes per {DIM}-dim voiceprint (file: + 4 bytes n_utterances + id + header)", ["format", *SCALE_MODES],
+          codec_sizes)
+    with tempfile.TemporaryDirectory(dir=Path.cwd()) as d:
+        run(args.small, [(f, s) for f in FORMATS for s in SCALE_MODES], Path(d), 512)
+        if args.big:
+            big = [(f, "vector") for f in FORMATS if f != "f32"] + [("e2m1", "none"), ("e2m1", "block32")]
+            run(args.big, big, Path(d), 64)
+    print(f"\npeak resident memory of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20:.1f} GiB")
+
+
+if __name__ == "__main__":
+    main()
