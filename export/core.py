@@ -127,6 +127,7 @@ def write_onnx(model: nn.Module, example: torch.Tensor, out: str | os.PathLike, 
             # The exporters' deprecation and constant-folding notes are about torch, not the user's model.
             warnings.simplefilter("ignore", DeprecationWarning)
             warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.onnx")
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
             kwargs = dict(input_names=[input_name], output_names=[output_name], opset_version=opset)
             if dynamo:
                 dims = {i: torch.export.Dim(name) for i, name in enumerate(dynamic)}

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from llvmlite import ir
+from numba.core import types
+from numba.extending import intrinsic
 
 _JIT = dict(nopython=True, cache=True, nogil=True)
 
@@ -80,87 +83,92 @@ def decode_rows(packed, d, bits, lut, nvb, blk, scale_lut, out):
                 o[j] *= scale_lut[row[nvb + j // blk]]
 
 
+@intrinsic
+def decode_code(typingctx, c, amask, sbit, sh, off, lim):
+    """float32 value of minifloat code c, built as float32 bits in 32-bit integer lanes (numba would widen to 64).
+
+    Normal codes: sign << 31 | ((magnitude << sh) + off), sh = 23 - mantissa bits, off = (127 - bias) << 23.
+    Subnormal codes (magnitude < lim = 2**mantissa bits) get the implicit 1 added and 2**(1 - bias) taken off.
+    """
+    def codegen(context, builder, sig, args):
+        i32 = ir.IntType(32)
+
+        def to32(v):
+            w = v.type.width
+            return v if w == 32 else (builder.trunc(v, i32) if w > 32 else builder.zext(v, i32))
+
+        c, amask, sbit, sh, off, lim = [to32(v) for v in args]
+        a = builder.and_(c, amask)
+        sign = builder.shl(builder.lshr(c, sbit), ir.Constant(i32, 31))
+        sub = builder.icmp_unsigned("<", a, lim)
+        one23, zero = ir.Constant(i32, 1 << 23), ir.Constant(i32, 0)
+        bits = builder.or_(builder.add(builder.add(builder.shl(a, sh), off), builder.select(sub, one23, zero)), sign)
+        fix = builder.select(sub, builder.or_(builder.add(off, one23), sign), zero)
+        f32 = ir.FloatType()
+        return builder.fsub(builder.bitcast(bits, f32), builder.bitcast(fix, f32))
+
+    return types.float32(c, amask, sbit, sh, off, lim), codegen
+
+
 @numba.jit(nopython=True, cache=True, nogil=True, fastmath=True, error_model="numpy")
 def scan(packed, d, bits, mbits, bias, blk, nvb, Qp, squares, scale_lut, out):
-    """out[q, i] = dot of decoded row i with permuted query Qp[q] (or its squared norm if `squares`).
+    """out[q, i] = dot of decoded row i with permuted query Qp[q] (or, if `squares`, out[0, i] = its squared norm).
 
-    Codes are split into P phases (P values per unit of 1 byte (8-bit), 2 bytes (16-bit), 1 byte (4-bit,
-    2 phases) or 3 bytes (6-bit, 4 phases)); Qp[q, p * G + g] is query value g * P + p. Each code is decoded arithmetically into
-    float32 bits (sign | (magnitude << (23 - mbits)) + exponent offset, with subnormals fixed by subtracting
-    2**(1 - bias)) so the loops vectorise; block scales (blk > 0) multiply each value by its e8m0 scale.
+    Each row is decoded arithmetically (decode_code) into an L1-sized float32 buffer laid out in P phases:
+    P values per unit of 1 byte (8-bit: P=1; 4-bit: P=2, low nibble first), 2 bytes (16-bit, P=1) or
+    3 bytes (6-bit, P=4); buffer and Qp[q] index p * G + g hold value g * P + p. Block scales (blk > 0)
+    multiply each block's values by their e8m0 scale.
     """
     n = packed.shape[0]
     P = 1 if bits >= 8 else (2 if bits == 4 else 4)
-    G = Qp.shape[1] // P
-    L = P * G
-    codes = np.zeros(L, np.int32)
-    ubuf = np.empty(L, np.int32)
-    fbuf = ubuf.view(np.float32)
-    cbuf = np.empty(L, np.float32)
-    sbuf = np.ones(L, np.float32)
-    amask = np.int32((1 << (bits - 1)) - 1)
-    sbit = np.int32(bits - 1)
-    sh = np.int32(23 - mbits)
-    off = np.int32((127 - bias) << 23)
-    lim = np.int32(1 << mbits)
-    one23 = np.int32(1 << 23)
-    zero = np.int32(0)
-    c31 = np.int32(31)
-    magic = np.float32(2.0 ** (1 - bias))
-    nmagic = -magic
-    fz = np.float32(0.0)
+    L = Qp.shape[1]
+    G = L // P
+    buf = np.zeros(L, np.float32)
+    amask, sbit = (1 << (bits - 1)) - 1, bits - 1
+    sh, off, lim = 23 - mbits, (127 - bias) << 23, 1 << mbits
+    gpb = blk // P if blk > 0 else G  # units a block
+    nblk = -(-G // gpb)
     full6 = d // 4
-    gpb = blk // P if blk > 0 else 1
-    nblk = -(-d // blk) if blk > 0 else 0
+    one = np.float32(1.0)
     for i in range(n):
         row = packed[i]
-        if bits == 8:
-            for g in range(G):
-                codes[g] = row[g]
-        elif bits == 16:
-            for g in range(G):
-                codes[g] = np.int32(row[2 * g]) | (np.int32(row[2 * g + 1]) << 8)
-        elif bits == 4:
-            for g in range(G):
-                b = np.int32(row[g])
-                codes[g] = b & np.int32(15)
-                codes[G + g] = b >> np.int32(4)
-        else:
-            for g in range(full6):
-                w = np.int32(row[3 * g]) | (np.int32(row[3 * g + 1]) << 8) | (np.int32(row[3 * g + 2]) << 16)
-                codes[g] = w & np.int32(63)
-                codes[G + g] = (w >> np.int32(6)) & np.int32(63)
-                codes[2 * G + g] = (w >> np.int32(12)) & np.int32(63)
-                codes[3 * G + g] = w >> np.int32(18)
-            if full6 < G:  # last partial group: read only the row's own value bytes
-                w = np.int32(0)
-                for k in range(3 * full6, nvb):
-                    w |= np.int32(row[k]) << (8 * (k - 3 * full6))
-                for p in range(4):
-                    codes[p * G + full6] = (w >> (6 * p)) & np.int32(63)
-        for k in range(L):
-            c = codes[k]
-            a = c & amask
-            s = c >> sbit
-            sub = a < lim
-            ubuf[k] = ((a << sh) + off + (one23 if sub else zero)) | (s << c31)
-            cbuf[k] = (nmagic if s else magic) if sub else fz
-        if blk > 0:
-            for b in range(nblk):
-                sc = scale_lut[row[nvb + b]]
-                for p in range(P):
-                    for g in range(p * G + b * gpb, p * G + min(b * gpb + gpb, G)):
-                        sbuf[g] = sc
+        for b in range(nblk):
+            sc = scale_lut[row[nvb + b]] if blk > 0 else one
+            lo = b * gpb
+            hi = min(lo + gpb, G)
+            if bits == 4:
+                for g in range(lo, hi):
+                    x = row[g]
+                    buf[g] = decode_code(x & 15, amask, sbit, sh, off, lim) * sc
+                    buf[G + g] = decode_code(x >> 4, amask, sbit, sh, off, lim) * sc
+            elif bits == 8:
+                for g in range(lo, hi):
+                    buf[g] = decode_code(row[g], amask, sbit, sh, off, lim) * sc
+            elif bits == 16:
+                for g in range(lo, hi):
+                    buf[g] = decode_code(row[2 * g] | (np.int64(row[2 * g + 1]) << 8), amask, sbit, sh, off, lim) * sc
+            else:
+                for g in range(lo, min(hi, full6)):
+                    w = np.int64(row[3 * g]) | (np.int64(row[3 * g + 1]) << 8) | (np.int64(row[3 * g + 2]) << 16)
+                    buf[g] = decode_code(w & 63, amask, sbit, sh, off, lim) * sc
+                    buf[G + g] = decode_code((w >> 6) & 63, amask, sbit, sh, off, lim) * sc
+                    buf[2 * G + g] = decode_code((w >> 12) & 63, amask, sbit, sh, off, lim) * sc
+                    buf[3 * G + g] = decode_code(w >> 18, amask, sbit, sh, off, lim) * sc
+                if hi > full6:  # the last, partial group: read only the row's own value bytes
+                    w = np.int64(0)
+                    for k in range(3 * full6, nvb):
+                        w |= np.int64(row[k]) << (8 * (k - 3 * full6))
+                    for p in range(4):
+                        buf[p * G + full6] = decode_code((w >> (6 * p)) & 63, amask, sbit, sh, off, lim) * sc
         if squares:
             acc = np.float32(0.0)
             for k in range(L):
-                v = (fbuf[k] - cbuf[k]) * sbuf[k]
-                acc += v * v
+                acc += buf[k] * buf[k]
             out[0, i] = acc
         else:
             for q in range(Qp.shape[0]):
                 qq = Qp[q]
                 acc = np.float32(0.0)
                 for k in range(L):
-                    acc += (fbuf[k] - cbuf[k]) * sbuf[k] * qq[k]
+                    acc += buf[k] * qq[k]
                 out[q, i] = acc
