@@ -19,7 +19,7 @@ SCALE_MODES = ("none", "vector", "block32")
 BLOCK = 32        # values sharing one e8m0 scale in block32 mode
 E8M0_BIAS = 127   # float8_e8m0fnu: byte b means 2**(b - 127); 255 is NaN
 CHUNK = 8192      # rows decoded at a time on the batch (BLAS) path
-SCAN_MAX_QUERIES = 8  # up to this many queries the compiled scan beats decode + BLAS
+SCAN_MAX_QUERIES = 4  # up to this many queries the compiled scan beats decode + BLAS
 
 
 @lru_cache(maxsize=None)
@@ -66,7 +66,7 @@ class Codec:
         except ValueError as e:
             raise StoreError(str(e)) from None
         self.scale = scale
-        self.packed = self.format.bits <= 8  # minifloats go through LUTs; f16/bf16/f32 through numpy
+        self.minifloat = self.format.bits <= 8  # encoded through the rounding LUT; f16/bf16/f32 through numpy
         self.scannable = self.format.bits <= 16  # decoded arithmetically by the compiled scan
 
     def __repr__(self) -> str:
@@ -107,7 +107,7 @@ class Codec:
             exps = block_exponents(E, target)
             mult, blk = np.ldexp(np.float32(1), -exps).astype(np.float32), BLOCK
             out[:, self.value_bytes(d):] = (exps + E8M0_BIAS).astype(np.uint8)
-        if self.packed:
+        if self.minifloat:
             bad = kernels.encode_rows(E, mult, blk, rounding_lut(fmt.name), fmt.bits, out)
         else:
             finite = np.isfinite(E).all(axis=1)
@@ -129,7 +129,7 @@ class Codec:
     def _decode_into(self, packed: np.ndarray, dim: int, out: np.ndarray) -> None:
         nvb = self.value_bytes(dim)
         blk = BLOCK if self.scale == "block32" else 0
-        if self.packed:
+        if self.minifloat:
             kernels.decode_rows(packed, dim, self.format.bits, code_values(self.format.name), nvb, blk,
                                 _SCALES32, out)
             return
@@ -176,37 +176,46 @@ class Codec:
                      self.value_bytes(dim), Qp, Q is None, _SCALES32, out)
         return out
 
-    def iter_dots(self, packed: np.ndarray, dim: int, queries: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    def _iter_dots(self, packed: np.ndarray, dim: int, queries: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
         """Yield (first row, (q, rows) float32 dot products) chunk by chunk, never decoding the whole store."""
         if self.scannable and len(queries) <= SCAN_MAX_QUERIES:
             yield 0, self._scan(packed, dim, queries)
             return
         qt = np.ascontiguousarray(queries.T)
-        buf = np.empty((min(CHUNK, len(packed)), dim), np.float32)
+        raw = self.format.bits == 32 and self.scale != "block32"  # rows are little-endian float32 already
+        buf = np.empty((0 if raw else min(CHUNK, len(packed)), dim), np.float32)
         for lo in range(0, len(packed), CHUNK):
-            b = buf[:len(packed[lo:lo + CHUNK])]
-            self._decode_into(packed[lo:lo + CHUNK], dim, b)
-            yield lo, (b @ qt).T
+            if raw:
+                b = packed[lo:lo + CHUNK].view("<f4")
+            else:
+                b = buf[:len(packed[lo:lo + CHUNK])]
+                self._decode_into(packed[lo:lo + CHUNK], dim, b)
+            yield lo, np.ascontiguousarray((b @ qt).T)
+
+    def inverse_norms(self, packed: np.ndarray, dim: int) -> np.ndarray:
+        """(n,) float32 1 / row norm (0 for zero rows): what cosine scaling needs, cached by stores."""
+        norms = self.norms(packed, dim)
+        with np.errstate(divide="ignore"):
+            return np.where(norms > 0, np.float32(1) / norms, np.float32(0)).astype(np.float32)
 
     def iter_cosine(self, packed: np.ndarray, dim: int, queries: np.ndarray,
-                    norms: np.ndarray | None = None) -> Iterator[tuple[int, np.ndarray]]:
-        """Like iter_dots but cosine: queries and rows normalised (zero vectors score 0)."""
+                    inv_norms: np.ndarray | None = None) -> Iterator[tuple[int, np.ndarray]]:
+        """Like _iter_dots but cosine: queries and rows normalised (zero vectors score 0)."""
         packed = self._check_packed(packed, dim)
         Q = _unit_queries(queries, dim)
-        norms = self.norms(packed, dim) if norms is None else norms
-        with np.errstate(divide="ignore"):
-            inv = np.where(norms > 0, 1.0 / norms, 0.0).astype(np.float32)
-        for lo, dots in self.iter_dots(packed, dim, Q):
-            yield lo, dots * inv[lo:lo + dots.shape[1]]
+        inv = self.inverse_norms(packed, dim) if inv_norms is None else inv_norms
+        for lo, dots in self._iter_dots(packed, dim, Q):
+            dots *= inv[lo:lo + dots.shape[1]]
+            yield lo, dots
 
     def cosine(self, packed: np.ndarray, dim: int, queries: np.ndarray,
-               norms: np.ndarray | None = None) -> np.ndarray:
+               inv_norms: np.ndarray | None = None) -> np.ndarray:
         """(q, n) float32 cosine of every query against every packed row."""
         queries = np.atleast_2d(np.asarray(queries, np.float32))
-        out = np.empty((len(queries), len(packed)), np.float32)
-        for lo, c in self.iter_cosine(packed, dim, queries, norms):
-            out[:, lo:lo + c.shape[1]] = c
-        return out
+        chunks = [c for _, c in self.iter_cosine(packed, dim, queries, inv_norms)]
+        if len(chunks) == 1:
+            return chunks[0]
+        return np.concatenate(chunks, axis=1) if chunks else np.zeros((len(queries), 0), np.float32)
 
 
 def _unit_queries(queries: np.ndarray, dim: int) -> np.ndarray:

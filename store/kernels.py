@@ -110,65 +110,90 @@ def decode_code(typingctx, c, amask, sbit, sh, off, lim):
     return types.float32(c, amask, sbit, sh, off, lim), codegen
 
 
-@numba.jit(nopython=True, cache=True, nogil=True, fastmath=True, error_model="numpy")
+_FAST = dict(nopython=True, cache=True, nogil=True, fastmath=True, error_model="numpy")
+
+
+@numba.jit(**_FAST)
 def scan(packed, d, bits, mbits, bias, blk, nvb, Qp, squares, scale_lut, out):
     """out[q, i] = dot of decoded row i with permuted query Qp[q] (or, if `squares`, out[0, i] = its squared norm).
 
-    Each row is decoded arithmetically (decode_code) into an L1-sized float32 buffer laid out in P phases:
-    P values per unit of 1 byte (8-bit: P=1; 4-bit: P=2, low nibble first), 2 bytes (16-bit, P=1) or
-    3 bytes (6-bit, P=4); buffer and Qp[q] index p * G + g hold value g * P + p. Block scales (blk > 0)
-    multiply each block's values by their e8m0 scale.
+    Codes are decoded arithmetically (decode_code) inside the accumulation loops, which index from 0 over
+    whole arrays so that numba drops negative-index checks and LLVM vectorises them. Values are taken in P
+    phases: P values per unit of 1 byte (8-bit: P=1; 4-bit: P=2, low nibble first), 2 bytes (16-bit, P=1)
+    or 3 bytes (6-bit, P=4); Qp[q, p * G + g] is query value g * P + p. sb[t] is the e8m0 block scale of
+    unit t (squared for norms; 1 without blocks).
     """
     n = packed.shape[0]
     P = 1 if bits >= 8 else (2 if bits == 4 else 4)
-    L = Qp.shape[1]
-    G = L // P
-    buf = np.zeros(L, np.float32)
-    amask, sbit = (1 << (bits - 1)) - 1, bits - 1
-    sh, off, lim = 23 - mbits, (127 - bias) << 23, 1 << mbits
+    G = Qp.shape[1] // P
+    k = ((1 << (bits - 1)) - 1, bits - 1, 23 - mbits, (127 - bias) << 23, 1 << mbits)
+    full = d // 4 if bits == 6 else G  # whole units (6-bit rows may end in a partial group)
     gpb = blk // P if blk > 0 else G  # units a block
-    nblk = -(-G // gpb)
-    full6 = d // 4
-    one = np.float32(1.0)
-    for i in range(n):
-        row = packed[i]
-        for b in range(nblk):
-            sc = scale_lut[row[nvb + b]] if blk > 0 else one
-            lo = b * gpb
-            hi = min(lo + gpb, G)
+    sb = np.ones(G, np.float32)
+    for q in range(Qp.shape[0]):
+        q0, q1, q2, q3 = Qp[q, :G], Qp[q, G:2 * G], Qp[q, 2 * G:3 * G], Qp[q, 3 * G:]
+        for i in range(n):
+            if blk > 0:
+                for b in range(-(-G // gpb)):
+                    sc = scale_lut[packed[i, nvb + b]]
+                    sb[b * gpb:min(b * gpb + gpb, G)] = sc * sc if squares else sc
+            s = np.float32(0.0)
             if bits == 4:
-                for g in range(lo, hi):
-                    x = row[g]
-                    buf[g] = decode_code(x & 15, amask, sbit, sh, off, lim) * sc
-                    buf[G + g] = decode_code(x >> 4, amask, sbit, sh, off, lim) * sc
+                if squares:
+                    for t in range(G):
+                        x = packed[i, t]
+                        u, v = decode_code(x & 15, *k), decode_code(x >> 4, *k)
+                        s += (u * u + v * v) * sb[t]
+                else:
+                    for t in range(G):
+                        x = packed[i, t]
+                        s += (decode_code(x & 15, *k) * q0[t] + decode_code(x >> 4, *k) * q1[t]) * sb[t]
             elif bits == 8:
-                for g in range(lo, hi):
-                    buf[g] = decode_code(row[g], amask, sbit, sh, off, lim) * sc
+                for t in range(G):
+                    u = decode_code(packed[i, t], *k)
+                    s += u * (u if squares else q0[t]) * sb[t]
             elif bits == 16:
-                for g in range(lo, hi):
-                    buf[g] = decode_code(row[2 * g] | (np.int64(row[2 * g + 1]) << 8), amask, sbit, sh, off, lim) * sc
+                for t in range(G):
+                    u = decode_code(packed[i, 2 * t] | (np.int64(packed[i, 2 * t + 1]) << 8), *k)
+                    s += u * (u if squares else q0[t]) * sb[t]
             else:
-                for g in range(lo, min(hi, full6)):
-                    w = np.int64(row[3 * g]) | (np.int64(row[3 * g + 1]) << 8) | (np.int64(row[3 * g + 2]) << 16)
-                    buf[g] = decode_code(w & 63, amask, sbit, sh, off, lim) * sc
-                    buf[G + g] = decode_code((w >> 6) & 63, amask, sbit, sh, off, lim) * sc
-                    buf[2 * G + g] = decode_code((w >> 12) & 63, amask, sbit, sh, off, lim) * sc
-                    buf[3 * G + g] = decode_code(w >> 18, amask, sbit, sh, off, lim) * sc
-                if hi > full6:  # the last, partial group: read only the row's own value bytes
+                for t in range(full):
+                    w = (np.int64(packed[i, 3 * t]) | (np.int64(packed[i, 3 * t + 1]) << 8)
+                         | (np.int64(packed[i, 3 * t + 2]) << 16))
+                    u0, u1 = decode_code(w & 63, *k), decode_code((w >> 6) & 63, *k)
+                    u2, u3 = decode_code((w >> 12) & 63, *k), decode_code(w >> 18, *k)
+                    if squares:
+                        s += ((u0 * u0 + u1 * u1) + (u2 * u2 + u3 * u3)) * sb[t]
+                    else:
+                        s += ((u0 * q0[t] + u1 * q1[t]) + (u2 * q2[t] + u3 * q3[t])) * sb[t]
+                if full < G:  # the last, partial group: read only the row's own value bytes
                     w = np.int64(0)
-                    for k in range(3 * full6, nvb):
-                        w |= np.int64(row[k]) << (8 * (k - 3 * full6))
+                    for j in range(3 * full, nvb):
+                        w |= np.int64(packed[i, j]) << (8 * (j - 3 * full))
                     for p in range(4):
-                        buf[p * G + full6] = decode_code((w >> (6 * p)) & 63, amask, sbit, sh, off, lim) * sc
-        if squares:
-            acc = np.float32(0.0)
-            for k in range(L):
-                acc += buf[k] * buf[k]
-            out[0, i] = acc
-        else:
-            for q in range(Qp.shape[0]):
-                qq = Qp[q]
-                acc = np.float32(0.0)
-                for k in range(L):
-                    acc += buf[k] * qq[k]
-                out[q, i] = acc
+                        u = decode_code((w >> (6 * p)) & 63, *k)
+                        s += u * (u if squares else Qp[q, p * G + full]) * sb[full]
+            out[q, i] = s
+
+
+@numba.jit(**_JIT)
+def top_k(scores, k, best_i, best_v):
+    """Per row of (q, n) scores, the k largest (value descending, index ascending on ties) in one pass."""
+    for r in range(scores.shape[0]):
+        s = scores[r]
+        vi = best_i[r]
+        vv = best_v[r]
+        m = 0
+        for i in range(s.shape[0]):
+            v = s[i]
+            if m < k:
+                m += 1
+            elif not v > vv[k - 1]:
+                continue
+            j = m - 1
+            while j > 0 and vv[j - 1] < v:
+                vv[j] = vv[j - 1]
+                vi[j] = vi[j - 1]
+                j -= 1
+            vv[j] = v
+            vi[j] = i

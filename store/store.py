@@ -13,13 +13,14 @@ from pathlib import Path
 
 import numpy as np
 
-from voxfloat.store import vxf
+from voxfloat.store import kernels, vxf
 from voxfloat.store.codec import SCALE_MODES, Codec
 from voxfloat.store.errors import StoreError
 from voxfloat.store.formats import FORMATS
 
 ENROLLMENT = "normalised-mean"
 MAX_ID_BYTES = 256
+CREATE_ARGS = {"fmt", "scale", "dim", "model", "thresholds"}
 
 
 def _now() -> str:
@@ -50,7 +51,7 @@ class VoiceprintStore:
         self._rows, self._nutt, self._n = rows, n_utterances, len(rows)
         self._ids, self._id_blob = ids, id_blob
         self._index: dict[str, int] | None = None
-        self._norms: np.ndarray | None = None
+        self._inv_norms: np.ndarray | None = None
         self._writable = writable
         self._crc32, self._file_size, self._version = crc32, file_size, version
 
@@ -121,7 +122,7 @@ class VoiceprintStore:
             if path.exists():
                 store = cls.open(path)._editable()
                 store._check_create_args(create)
-            elif create:
+            elif {"fmt", "scale", "dim", "model"} <= create.keys() <= CREATE_ARGS:
                 store = cls._new(path, **create)
             else:
                 raise StoreError(f"{path}: no such voiceprint store (give fmt, scale, dim and model to create one)")
@@ -136,6 +137,9 @@ class VoiceprintStore:
 
     def _check_create_args(self, create: dict) -> None:
         """Creation arguments given for an existing store must agree with it."""
+        unknown = create.keys() - CREATE_ARGS
+        if unknown:
+            raise StoreError(f"{self.path}: unknown store argument(s) {', '.join(sorted(unknown))}")
         for key, have in (("fmt", self.format), ("scale", self.scale), ("dim", self.dim)):
             if key in create and create[key] != have:
                 raise StoreError(f"{self.path}: the store has {key} {have}, not {create[key]}")
@@ -234,13 +238,14 @@ class VoiceprintStore:
             raise StoreError(f"{self.path}: built with model {self.model['arch']} {have[:12]}, not "
                              f"{fingerprint[:12]}; enroll again with this model or use the matching one")
 
-    def _check_embeddings(self, E: np.ndarray, what: str) -> np.ndarray:
+    def _check_embeddings(self, E: np.ndarray, what: str, finite: bool = True) -> np.ndarray:
+        """(k, dim) float32 view of E; `finite` also rejects NaN/inf (the encoder does that itself)."""
         E = np.asarray(E, np.float32)
         if E.ndim == 1:
             E = E[None, :]
         if E.ndim != 2 or E.shape[1] != self.dim or len(E) == 0:
             raise StoreError(f"{self.path}: {what} must be (k, {self.dim}) embeddings, got shape {np.shape(E)}")
-        if not np.isfinite(E).all():
+        if finite and not np.isfinite(E).all():
             raise StoreError(f"{self.path}: {what} contains NaN or inf")
         return E
 
@@ -278,7 +283,7 @@ class VoiceprintStore:
     def add_many(self, speaker_ids: Sequence[str], embeddings: np.ndarray, replace: bool = False) -> None:
         """Enroll many speakers from one embedding each (row i belongs to speaker_ids[i])."""
         self._need_writable()
-        E = self._check_embeddings(embeddings, "embeddings")
+        E = self._check_embeddings(embeddings, "embeddings", finite=False)
         if len(speaker_ids) != len(E):
             raise StoreError(f"{self.path}: {len(speaker_ids)} speaker ids for {len(E)} embeddings")
         self._put(list(speaker_ids), E, np.ones(len(E), np.uint32), replace)
@@ -293,7 +298,10 @@ class VoiceprintStore:
             if s in pos and not replace:
                 raise StoreError(f"{self.path}: speaker {s!r} is already enrolled (replace it explicitly)")
             new[s] = i
-        packed = self.codec.encode(E)
+        try:
+            packed = self.codec.encode(E)
+        except StoreError as e:
+            raise StoreError(f"{self.path}: {e}") from None
         old = np.array([pos[s] for s in ids if s in pos], np.int64)
         if len(old):
             src = np.array([new[s] for s in ids if s in pos], np.int64)
@@ -306,7 +314,7 @@ class VoiceprintStore:
             pos[ids[i]] = n + k
             self.speakers.append(ids[i])
         self._n += len(fresh)
-        self._norms = None
+        self._inv_norms = None
 
     def _grow(self, extra: int) -> None:
         """Make room for `extra` more rows (capacity doubles, so many single adds stay linear)."""
@@ -329,7 +337,7 @@ class VoiceprintStore:
         self._nutt[i:n - 1] = self._nutt[i + 1:n].copy()
         del self.speakers[i]
         self._n -= 1
-        self._index, self._norms = None, None
+        self._index, self._inv_norms = None, None
 
     def set_thresholds(self, thresholds: dict[str, float], source: str) -> None:
         """Record calibrated cosine thresholds per format (merged into the existing ones) and where they came from."""
@@ -338,18 +346,22 @@ class VoiceprintStore:
         for fmt, value in thresholds.items():
             if fmt not in FORMATS:
                 raise StoreError(f"{self.path}: threshold for unknown format {fmt!r}")
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or not -1.0 <= value <= 1.0:
+            try:
+                v = float(value)  # numpy scalars included
+            except (TypeError, ValueError):
+                v = math.nan
+            if not -1.0 <= v <= 1.0:
                 raise StoreError(f"{self.path}: threshold for {fmt} must be a cosine in [-1, 1], got {value!r}")
-            clean[fmt] = float(value)
+            clean[fmt] = v
         self._header["thresholds"] = {**self._header["thresholds"], **clean}
         self._header["threshold_source"] = str(source)
 
     # -- scoring -------------------------------------------------------------------------------------
 
-    def _store_norms(self) -> np.ndarray:
-        if self._norms is None:
-            self._norms = self.codec.norms(self._rows[:self._n], self.dim)
-        return self._norms
+    def _inverse_norms(self) -> np.ndarray:
+        if self._inv_norms is None:
+            self._inv_norms = self.codec.inverse_norms(self.packed, self.dim)
+        return self._inv_norms
 
     def score(self, query: np.ndarray, speaker_id: str) -> float:
         """Cosine of one (dim,) query embedding against one enrolled speaker (1:1 verification)."""
@@ -363,22 +375,18 @@ class VoiceprintStore:
         k = min(int(top_k), self._n)
         if k <= 0:
             return [[] for _ in Q]
-        best_s = np.full((len(Q), 0), -np.inf, np.float32)
-        best_i = np.zeros((len(Q), 0), np.int64)
-        for lo, cos in self.codec.iter_cosine(self._rows[:self._n], self.dim, Q, self._store_norms()):
-            if cos.shape[1] > k:
-                part = np.argpartition(-cos, k - 1, axis=1)[:, :k]
-                cos, idx = np.take_along_axis(cos, part, axis=1), part + lo
-            else:
-                idx = np.broadcast_to(np.arange(lo, lo + cos.shape[1]), cos.shape)
-            best_s = np.concatenate([best_s, cos], axis=1)
-            best_i = np.concatenate([best_i, idx], axis=1)
-            if best_s.shape[1] > 4 * k:
-                keep = np.argpartition(-best_s, k - 1, axis=1)[:, :k]
-                best_s, best_i = np.take_along_axis(best_s, keep, 1), np.take_along_axis(best_i, keep, 1)
-        order = np.lexsort((best_i, -best_s), axis=1)[:, :k]
+        vals, idx = [], []
+        for lo, cos in self.codec.iter_cosine(self.packed, self.dim, Q, self._inverse_norms()):
+            kk = min(k, cos.shape[1])
+            bi, bv = np.empty((len(Q), kk), np.int64), np.empty((len(Q), kk), np.float32)
+            kernels.top_k(cos, kk, bi, bv)
+            vals.append(bv)
+            idx.append(bi + lo)
+        cat_v, cat_i = np.concatenate(vals, axis=1), np.concatenate(idx, axis=1)
+        best_i, best_v = np.empty((len(Q), k), np.int64), np.empty((len(Q), k), np.float32)
+        kernels.top_k(cat_v, k, best_i, best_v)  # chunks are in row order, so ties still favour lower rows
         ids = self.speakers
-        return [[(ids[best_i[r, c]], float(best_s[r, c])) for c in order[r]] for r in range(len(Q))]
+        return [[(ids[cat_i[r, c]], float(v)) for c, v in zip(best_i[r], best_v[r])] for r in range(len(Q))]
 
     def score_pairs(self, speaker_ids: Sequence[str], queries: np.ndarray) -> np.ndarray:
         """(m,) float32 cosines for a trial list: pair i is (speaker_ids[i], queries[i])."""

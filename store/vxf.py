@@ -1,8 +1,8 @@
 """The .vxf file: 32-byte prefix, JSON header, then 64-byte aligned sections; checked, mapped, written atomically.
 
-Layout (all integers little-endian), see README "Voiceprint store file (.vxf)":
-  0  magic b"\\x89VXF\\r\\n\\x1a\\n" | 8 version u32 | 12 header length u32 | 16 file size u64 | 24 crc32 u32 | 28 zero u32
-  32 UTF-8 JSON header, space-padded to a multiple of 64 bytes, then the sections it lists as [offset, length]:
+Layout (all integers little-endian; README "The .vxf file"):
+  0 magic b"\\x89VXF\\r\\n\\x1a\\n" | 8 version u32 | 12 header length u32 | 16 file size u64 | 24 crc32 u32 | 28 0
+  32 UTF-8 JSON header, space-padded so the sections it lists as [offset, length] start 64-byte aligned:
   rows (count x row_bytes uint8), n_utterances (count x u32), speaker_ids (UTF-8, each id ended by "\\n").
 The crc32 covers every byte from offset 32 to the end of the file.
 """
@@ -91,7 +91,8 @@ def read(path: Path, row_bytes_for) -> Mapped:
     row_bytes = row_bytes_for(header)
     if int(header.get("row_bytes", -1)) != row_bytes:
         raise StoreError(f"{path}: wrong dimension: {header.get('format')}/{header.get('scale')} rows of "
-                         f"{header.get('dim')} values take {row_bytes} bytes, the header says {header.get('row_bytes')}")
+                         f"{header.get('dim')} values take {row_bytes} bytes, "
+                         f"the header says {header.get('row_bytes')}")
     for name, want in (("rows", count * row_bytes), ("n_utterances", 4 * count)):
         if spans[name][1] != want:
             raise StoreError(f"{path}: corrupt header: section {name} has {spans[name][1]} bytes, "

@@ -92,13 +92,14 @@ def test_enroll_from_csv_adds_to_an_existing_store(model: Path, speakers, tmp_pa
     store = tmp_path / "s.vxf"
     first = tmp_path / "a.csv"
     first.write_text("speaker,path\n" + "".join(f"{speakers[0].name},{f}\n" for f in sorted(speakers[0].glob("*.flac"))[:2]))
-    assert run("enroll", first, "--model", model, "--out", store).exit_code == 0
+    assert run("enroll", first, "--model", model, "--out", store, "--format", "e2m3").exit_code == 0
     second = tmp_path / "b.csv"
     second.write_text("".join(f"{d.name},{f}\n" for d in speakers[:2] for f in sorted(d.glob("*.flac"))[:2]))
     result = run("enroll", second, "--model", model, "--out", store, "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["skipped_speakers"] == [speakers[0].name]
-    assert VoiceprintStore.open(store).speakers == [speakers[0].name, speakers[1].name]
+    opened = VoiceprintStore.open(store)
+    assert opened.speakers == [speakers[0].name, speakers[1].name] and opened.format == "e2m3"
     wrong = run("enroll", second, "--model", model, "--out", store, "--format", "e5m2")
     assert wrong.exit_code == FATAL and "e5m2" in wrong.stderr
 

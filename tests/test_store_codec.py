@@ -199,7 +199,7 @@ def test_bad_arguments() -> None:
 @pytest.mark.parametrize("scale", SCALE_MODES)
 def test_cosine_matches_float64_on_decoded_rows(name: str, scale: str) -> None:
     rng = np.random.default_rng(6)
-    for dim in (6, 45, 192):
+    for dim in (6, 7, 45, 192):
         E = rng.standard_normal((300, dim)).astype(np.float32)
         E[7] = 0.0  # a zero row scores 0
         codec = Codec(name, scale)

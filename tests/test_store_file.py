@@ -64,7 +64,9 @@ def test_add_replace_remove_thresholds(tmp_path: Path) -> None:
         s.add("spk1", new, replace=True)
         s.remove("spk3")
         s.add("new speaker", new[:1])
-        s.set_thresholds({"e2m1": 0.42, "f32": 0.61}, source="calibrate on trials.txt")
+        s.set_thresholds({"e2m1": np.float32(0.42), "f32": np.float64(0.61)}, source="calibrate on trials.txt")
+        with pytest.raises(StoreError, match=r"threshold for e2m1 must be a cosine in \[-1, 1\], got nan"):
+            s.set_thresholds({"e2m1": float("nan")}, source="x")
         with pytest.raises(StoreError, match="no speaker 'ghost'"):
             s.remove("ghost")
         for bad in ("", " x", "a\nb", "tab\there"):
@@ -75,7 +77,7 @@ def test_add_replace_remove_thresholds(tmp_path: Path) -> None:
     s = VoiceprintStore.open(path)
     assert s.speakers == ["spk0", "spk1", "spk2", "spk4", "new speaker"]
     np.testing.assert_array_equal(s.n_utterances, [3, 2, 3, 3, 1])
-    assert s.thresholds == {"e2m1": 0.42, "f32": 0.61} and s.threshold == 0.42
+    assert s.thresholds == {"e2m1": float(np.float32(0.42)), "f32": 0.61} and s.threshold == float(np.float32(0.42))
     assert s.info()["threshold_source"] == "calibrate on trials.txt"
     assert s.identify(new.mean(axis=0), 1)[0][0][0] == "spk1"
     assert s.identify(E[4, 0], 1)[0][0][0] == "spk4"
@@ -265,3 +267,35 @@ def test_crash_before_rename_keeps_previous_file(tmp_path: Path) -> None:
     assert rc == 3
     s = VoiceprintStore.open(path)  # the first two enrollments, intact and verified
     assert s.speakers == ["crash0", "crash1"]
+
+
+def test_add_many_and_bad_arguments(tmp_path: Path) -> None:
+    path = tmp_path / "v.vxf"
+    E = np.random.default_rng(3).standard_normal((50, DIM)).astype(np.float32)
+    with VoiceprintStore.edit(path, fmt="e3m2", scale="vector", dim=DIM, model=MODEL) as s:
+        s.add_many([f"s{i}" for i in range(50)], E)
+        with pytest.raises(StoreError, match="'s3' is already enrolled"):
+            s.add_many(["new", "s3"], E[:2])
+        with pytest.raises(StoreError, match="'x' is given twice"):
+            s.add_many(["x", "x"], E[:2])
+        with pytest.raises(StoreError, match="2 speaker ids for 3 embeddings"):
+            s.add_many(["y", "z"], E[:3])
+        s.add_many(["s3", "s4"], E[:2], replace=True)
+    s = VoiceprintStore.open(path)
+    assert len(s) == 50 and s.speakers[:5] == ["s0", "s1", "s2", "s3", "s4"]
+    assert s.identify(E[0], 2)[0][0][0] in {"s0", "s3"} and s.score(E[1], "s4") > 0.97
+    with pytest.raises(StoreError, match="unknown store argument"):
+        with VoiceprintStore.edit(path, fmat="e2m1"):
+            pass
+
+
+def test_nan_embeddings_are_refused_naming_the_store(tmp_path: Path) -> None:
+    path = tmp_path / "v.vxf"
+    E = np.ones((3, DIM), np.float32)
+    E[1, 5] = np.inf
+    with VoiceprintStore.edit(path, fmt="e4m3", scale="vector", dim=DIM, model=MODEL) as s:
+        with pytest.raises(StoreError, match=f"{path}: embedding row 1 contains NaN or inf"):
+            s.add_many(["a", "b", "c"], E)
+        with pytest.raises(StoreError, match=f"{path}: embeddings for 'a' contains NaN or inf"):
+            s.add("a", E)
+        assert len(s) == 0

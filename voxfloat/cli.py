@@ -184,14 +184,14 @@ def enroll(
     for speaker, path in pairs:
         if str(path) in vectors:
             by_speaker.setdefault(speaker, []).append(vectors[str(path)])
-    thresholds = {} if card.threshold is None else {format or "e4m3": card.threshold}
+    create = {} if out.exists() else {
+        "fmt": format or "e4m3", "scale": scale or "vector", "dim": card.embedding_dim,
+        "model": {"fingerprint": card.fingerprint, "arch": card.arch, "source": card.source}}
     added, skipped = [], []
-    with user_errors(), VoiceprintStore.edit(
-            out, fmt=format or "e4m3", scale=scale or "vector", dim=card.embedding_dim,
-            model={"fingerprint": card.fingerprint, "arch": card.arch, "source": card.source}) as store:
+    with user_errors(), VoiceprintStore.edit(out, **create) as store:
         store.check_model(card.fingerprint)
-        if thresholds and not store.thresholds:
-            store.set_thresholds(thresholds, f"model default: {card.threshold_source or card.arch}")
+        if card.threshold is not None and not store.thresholds:
+            store.set_thresholds({store.format: card.threshold}, f"model default: {card.threshold_source or card.arch}")
         for speaker, embs in by_speaker.items():
             if speaker in store and not replace:
                 skipped.append(speaker)
