@@ -302,18 +302,19 @@ class VoiceprintStore:
             packed = self.codec.encode(E)
         except StoreError as e:
             raise StoreError(f"{self.path}: {e}") from None
-        old = np.array([pos[s] for s in ids if s in pos], np.int64)
-        if len(old):
-            src = np.array([new[s] for s in ids if s in pos], np.int64)
-            self._rows[old], self._nutt[old] = packed[src], nutt[src]
-        fresh = np.array([i for i, s in enumerate(ids) if s not in pos], np.int64)
-        self._grow(len(fresh))
+        known = [s in pos for s in ids]
+        if any(known):  # replacements stay in place; the others are appended below
+            src = np.flatnonzero(known)
+            dst = [pos[ids[i]] for i in src]
+            self._rows[dst], self._nutt[dst] = packed[src], nutt[src]
+            fresh = np.flatnonzero(~np.array(known))
+            packed, nutt, ids = packed[fresh], nutt[fresh], [ids[i] for i in fresh]
+        self._grow(len(ids))
         n = self._n
-        self._rows[n:n + len(fresh)], self._nutt[n:n + len(fresh)] = packed[fresh], nutt[fresh]
-        for k, i in enumerate(fresh):
-            pos[ids[i]] = n + k
-            self.speakers.append(ids[i])
-        self._n += len(fresh)
+        self._rows[n:n + len(ids)], self._nutt[n:n + len(ids)] = packed, nutt
+        pos.update(zip(ids, range(n, n + len(ids))))
+        self.speakers.extend(ids)
+        self._n += len(ids)
         self._inv_norms = None
 
     def _grow(self, extra: int) -> None:
