@@ -143,6 +143,18 @@ def test_embed_matches_the_runtime_and_lists_rows(model: Path, speakers, tmp_pat
     assert e.shape == (3, 256) and np.all(np.isfinite(e))
     assert out.with_suffix(".paths.txt").read_text().split() == [str(f) for f in files]
     assert np.allclose(np.abs(e).max(1), 448.0, rtol=1e-5)  # the e4m3 scaling node: max|E| = F_max
+    assert (out.stat().st_mode & 0o777) == 0o600
+
+
+def test_remove_deletes_voiceprints(model: Path, enroll_dir: Path, speakers, tmp_path: Path) -> None:
+    store = tmp_path / "s.vxf"
+    run("enroll", enroll_dir, "--model", model, "--out", store)
+    result = run("remove", store, speakers[1].name, "nobody", "--json")
+    assert result.exit_code == BAD_INPUT and "nobody" in result.stderr
+    assert json.loads(result.stdout)["removed"] == [speakers[1].name]
+    left = VoiceprintStore.open(store)
+    assert speakers[1].name not in left and len(left) == SPEAKERS - 1
+    assert run("remove", tmp_path / "none.vxf", "x").exit_code == FATAL
 
 
 def test_eval_calibrate_and_info(model: Path, corpus_dir: Path, speakers, enroll_dir: Path, tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -300,7 +301,10 @@ def embed_cmd(
     if not paths:
         fail("no readable audio", BAD_INPUT)
     with user_errors():
-        np.save(out, np.stack([vectors[p] for p in paths]).astype(np.float32))
+        # embeddings are biometric data: created private, like store files
+        with os.fdopen(os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as fh:
+            os.fchmod(fh.fileno(), 0o600)
+            np.save(fh, np.stack([vectors[p] for p in paths]).astype(np.float32))
         out.with_suffix(".paths.txt").write_text("".join(p + "\n" for p in paths))
     if json_out:
         typer.echo(json.dumps({"out": str(out), "rows": paths, "bad_files": [m for _, m in errors]}))
@@ -393,6 +397,28 @@ def calibrate(
         typer.echo(f"{store_path}: verify now decides with the {use.value} threshold of {store.format}: "
                    f"{thresholds[store.format]:.4f}")
     raise typer.Exit(BAD_INPUT if errors else OK)
+
+
+@app.command()
+def remove(
+    store_path: Annotated[Path, typer.Argument(help="Store file (.vxf).")],
+    speakers: Annotated[list[str], typer.Argument(help="Speaker ids whose voiceprints are deleted.")],
+    json_out: JsonOpt = False,
+) -> None:
+    """Delete speakers' voiceprints from a store (the file is rewritten atomically; unknown ids are listed)."""
+    with user_errors(), VoiceprintStore.edit(store_path) as store:
+        unknown = [s for s in speakers if s not in store]
+        removed = [s for s in dict.fromkeys(speakers) if s in store]
+        for speaker in removed:
+            store.remove(speaker)
+        left = len(store)
+    for speaker in unknown:
+        typer.echo(f"voxfloat: skipped: {speaker}: not enrolled in {store_path}", err=True)
+    if json_out:
+        typer.echo(json.dumps({"store": str(store_path), "removed": removed, "unknown": unknown, "speakers_in_store": left}))
+    else:
+        typer.echo(f"removed {len(removed)} speakers from {store_path}; it now holds {left}")
+    raise typer.Exit(BAD_INPUT if unknown else OK)
 
 
 @app.command()
