@@ -189,3 +189,21 @@ def test_bad_trial_list_and_audio_root(model: Path, tmp_path: Path) -> None:
     trials.write_text("1 a.wav b.wav\nyes c.wav\n")
     result = run("eval", "--model", model, "--trials", trials, "--audio-root", tmp_path)
     assert result.exit_code == FATAL and f"{trials}:2" in result.stderr
+
+
+def test_without_a_threshold_verify_refuses_and_identify_is_closed_set(model: Path, enroll_dir: Path, speakers,
+                                                                        tmp_path: Path) -> None:
+    bare = tmp_path / "bare.onnx"
+    proto = onnx.load(model)
+    for p in proto.metadata_props:
+        if p.key == "voxfloat.threshold":
+            p.value = json.dumps(None)
+    onnx.save(proto, bare)
+    store = tmp_path / "s.vxf"
+    run("enroll", enroll_dir, "--model", bare, "--out", store)
+    assert VoiceprintStore.open(store).threshold is None
+    probe = sorted(speakers[2].glob("*.flac"))[7]
+    refused = run("verify", probe, "--model", bare, "--store", store, "--speaker", speakers[2].name)
+    assert refused.exit_code == FATAL and "calibrate" in refused.stderr
+    found = run("identify", probe, "--model", bare, "--store", store, "--json")
+    assert found.exit_code == 0 and json.loads(found.stdout)[0]["speaker"] == speakers[2].name

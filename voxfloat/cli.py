@@ -264,12 +264,15 @@ def identify(
     threshold: Annotated[Optional[float], typer.Option(help="Override the store's threshold.")] = None,
     device: DeviceOpt = Device.auto, threads: ThreadsOpt = 0, json_out: JsonOpt = False,
 ) -> None:
-    """Find the enrolled speakers closest to each audio file (1:N); below the threshold means unknown."""
+    """Find the enrolled speakers closest to each audio file (1:N); below the threshold means unknown.
+
+    Without a threshold (none calibrated, none given) the best candidate is the answer (closed set).
+    """
     encoder = open_encoder(model, device, threads)
     store = open_store(store_path, encoder)
     if len(store) == 0:
         fail(f"{store_path}: no speakers enrolled")
-    thr = decision_threshold(store, threshold)
+    thr = threshold if threshold is not None else store.threshold  # None: closed-set, the best candidate wins
     vectors, errors = embed(encoder, audio, quiet=True)
     paths = [str(p) for p in audio if str(p) in vectors]
     results = []
@@ -277,7 +280,7 @@ def identify(
         ranked = store.identify(np.stack([vectors[p] for p in paths]), top)
         for path, cands in zip(paths, ranked):
             best = cands[0]
-            results.append({"audio": path, "speaker": best[0] if best[1] >= thr else None, "threshold": thr,
+            results.append({"audio": path, "speaker": best[0] if thr is None or best[1] >= thr else None, "threshold": thr,
                             "candidates": [{"speaker": s, "score": round(float(v), 6)} for s, v in cands]})
     if json_out:
         typer.echo(json.dumps(results))
