@@ -12,19 +12,10 @@ import torch.nn.functional as F
 from voxfloat.export.campplus import StatsPool, build, segment_means, segment_pooling
 from voxfloat.export.core import ExportError, export_onnx
 from voxfloat.runtime.card import INPUT_NAME, OUTPUT_NAME, ModelCard
+from parity import assert_parity, cosine
 
 ARCHS = {"campplus": "campplus_3dspeaker", "campplus-wespeaker": "campplus_wespeaker"}  # arch -> reference name
 FEATURE_ATOL = 2e-3
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.sum(a * b, -1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
-
-
-def assert_parity(got: np.ndarray, ref: np.ndarray, what: str) -> None:
-    """The issue's parity rule: cosine >= 0.9999 and allclose(rtol 1e-3, atol 1e-3 * max|ref|)."""
-    assert cosine(got, ref) >= 0.9999, what
-    np.testing.assert_allclose(got, ref, rtol=1e-3, atol=1e-3 * np.abs(ref).max(), err_msg=what)
 
 
 def session(path) -> ort.InferenceSession:

@@ -17,6 +17,7 @@ from voxfloat.export.core import ExportError, export_onnx
 from voxfloat.export.registry import Built, build
 from voxfloat.export.sherpa import export_sherpa
 from voxfloat.runtime.card import INPUT_NAME, OUTPUT_NAME, ModelCard
+from parity import assert_parity, cosine
 
 ECAPA = ["ecapa_tdnn_glob_c512", "ecapa_tdnn_c512", "ecapa_tdnn_glob_c1024", "ecapa_tdnn_c1024"]
 
@@ -38,21 +39,6 @@ class Exported:
         return self.session.run([OUTPUT_NAME], {INPUT_NAME: waveforms})[0]
 
 
-def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
-
-
-def assert_matches(got: np.ndarray, ref: np.ndarray, what: str) -> None:
-    """The issue's parity rule: cosine >= 0.9999 and allclose(rtol 1e-3, atol 1e-3 * max|ref|)."""
-    assert got.shape == ref.shape, f"{what}: shape {got.shape} != {ref.shape}"
-    finite, cos = bool(np.all(np.isfinite(got))), cosine(got, ref)  # scalars only: never print embeddings
-    atol = 1e-3 * float(np.abs(ref).max())
-    close, worst = bool(np.allclose(got, ref, rtol=1e-3, atol=atol)), float(np.abs(got - ref).max())
-    assert finite, f"{what}: non-finite values"
-    assert cos >= 0.9999, f"{what}: cosine {cos:.6f}"
-    assert close, f"{what}: max |diff| {worst:.3g} (atol {atol:.3g})"
-
-
 def export_reference(name: str, arch: str, official_checkpoint, tmp_path_factory, salt: str = "") -> Exported:
     """Build `name`'s official-layout checkpoint (rule weights, optional salt) and export it once."""
     out = tmp_path_factory.mktemp("onnx") / f"{name}{'-' + salt if salt else ''}.onnx"
@@ -64,11 +50,11 @@ def check_reference_parity(model: Exported, name: str, reference_dir: Path, refe
     ref = np.load(reference_dir / f"{name}.npz")
     for utt, wav in reference_inputs.items():
         expected = ref[f"{utt}/embedding"]
-        assert_matches(model.torch(wav[None])[0], expected, f"{name} {utt} PyTorch")
-        assert_matches(model.onnx(wav[None])[0], expected, f"{name} {utt} ONNX")
+        assert_parity(model.torch(wav[None])[0], expected, f"{name} {utt} PyTorch")
+        assert_parity(model.onnx(wav[None])[0], expected, f"{name} {utt} ONNX")
         with torch.no_grad():
             from_features = model.built.sherpa(torch.from_numpy(ref[f"{utt}/features"])[None])[0].numpy()
-        assert_matches(from_features, expected, f"{name} {utt} network on the official fbank")
+        assert_parity(from_features, expected, f"{name} {utt} network on the official fbank")
 
 
 def check_batched(model: Exported, reference_inputs) -> None:
@@ -86,7 +72,7 @@ def check_salted(model: Exported, name: str, reference_dir: Path, reference_inpu
     ref = np.load(reference_dir / f"{name}.npz")
     for utt, wav in reference_inputs.items():
         eager = model.torch(wav[None])[0]
-        assert_matches(model.onnx(wav[None])[0], eager, f"{name} salted {utt} ONNX vs PyTorch")
+        assert_parity(model.onnx(wav[None])[0], eager, f"{name} salted {utt} ONNX vs PyTorch")
         cos = cosine(eager, ref[f"{utt}/embedding"])
         assert cos < 0.999, f"{name} salted {utt}: cosine {cos:.4f} to the unsalted embedding, weights did not change"
 
@@ -170,7 +156,7 @@ def test_sherpa_export(official_checkpoint, reference_dir, reference_inputs, tmp
     assert extractor.dim == 192
     for utt, wav in reference_inputs.items():
         feats = ref[f"{utt}/features"][None]
-        assert_matches(session.run(None, {session.get_inputs()[0].name: feats})[0][0], ref[f"{utt}/embedding"],
+        assert_parity(session.run(None, {session.get_inputs()[0].name: feats})[0][0], ref[f"{utt}/embedding"],
                        f"sherpa export {utt} on the official fbank")
         stream = extractor.create_stream()
         stream.accept_waveform(16000, wav)

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from test_export_ecapa import (Exported, assert_matches, check_batched, check_salted, cosine, export_reference,
-                               one_line_error, rewrite_checkpoint)
+from parity import assert_parity, cosine
+from test_export_ecapa import (Exported, check_batched, check_salted, export_reference, one_line_error,
+                               rewrite_checkpoint)
 from voxfloat.export import redimnet
 from voxfloat.export.core import ExportError
 from voxfloat.runtime.card import ModelCard
@@ -104,8 +105,8 @@ def test_front_end_matches_official_log_mel(b2, reference_dir, reference_inputs)
 def test_matches_official_embeddings(b2, reference_dir, reference_inputs):
     ref = np.load(reference_dir / f"{NAME}.npz")
     for utt, wav in reference_inputs.items():
-        assert_matches(b2.torch(wav[None])[0], ref[f"{utt}/embedding"], f"{utt} PyTorch")
-        assert_matches(b2.onnx(wav[None])[0], ref[f"{utt}/embedding"], f"{utt} ONNX")
+        assert_parity(b2.torch(wav[None])[0], ref[f"{utt}/embedding"], f"{utt} PyTorch")
+        assert_parity(b2.onnx(wav[None])[0], ref[f"{utt}/embedding"], f"{utt} ONNX")
 
 
 def test_batched_equals_single(b2, reference_inputs):
@@ -127,7 +128,7 @@ def test_other_sizes_build_and_export(variant, reference_dir, weights_rule, refe
     embeddings = []
     for utt, wav in wavs.items():
         eager = model.torch(wav[None])[0]
-        assert_matches(model.onnx(wav[None])[0], eager, f"{variant} {utt} ONNX vs PyTorch")
+        assert_parity(model.onnx(wav[None])[0], eager, f"{variant} {utt} ONNX vs PyTorch")
         embeddings.append(eager)
     assert cosine(embeddings[0], embeddings[1]) < 0.999, f"{variant}: different inputs give the same embedding"
     check_batched(model, wavs)

@@ -17,21 +17,11 @@ from voxfloat.export.core import ExportError, export_onnx
 from voxfloat.export.registry import build
 from voxfloat.export.wavlm import LAYOUT
 from voxfloat.runtime.card import INPUT_NAME, OUTPUT_NAME, ModelCard
+from parity import assert_parity, cosine
 
 REF = "wavlm_base_plus_sv"
 pytestmark = pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")  # shape checks traced as constants
 LEGACY = {".weight_g": ".parametrizations.weight.original0", ".weight_v": ".parametrizations.weight.original1"}
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Cosine along the last axis."""
-    return np.sum(a * b, -1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
-
-
-def assert_parity(got: np.ndarray, ref: np.ndarray, what: str) -> None:
-    """The issue's parity rule: cosine >= 0.9999 and allclose(rtol 1e-3, atol 1e-3 * max|ref|)."""
-    assert cosine(got, ref) >= 0.9999, what
-    np.testing.assert_allclose(got, ref, rtol=1e-3, atol=1e-3 * np.abs(ref).max(), err_msg=what)
 
 
 def embed(encoder: torch.nn.Module, wav: np.ndarray) -> np.ndarray:

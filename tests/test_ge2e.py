@@ -21,16 +21,13 @@ from voxfloat.export.ge2e import (DEFAULT_THRESHOLD, LAYOUT, N_FFT, GE2EEncoder,
 from voxfloat.export.melspec import MelPower
 from voxfloat.runtime.card import INPUT_NAME, OUTPUT_NAME, ModelCard
 from voxfloat.store.formats import get_format
+from parity import cosine
 
 SR = 16000
 SCALE_FORMAT = "e4m3"
 # 0.5 s .. 20 s, with lengths on both sides of the second partial's appearance (25440 samples) and of
 # resemblyzer's rule that drops a last partial less than 75% covered (kept from 31520 and 43840 samples).
 LENGTHS = [8000, 17777, 25439, 25440, 31519, 31520, 43839, 43840, 60000, 123457, 320000]
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.sum(a * b, -1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ from voxfloat.runtime import (AudioError, EmbedResult, ModelCard, ModelError, Sp
 from voxfloat.runtime import encoder as encoder_module
 from voxfloat.runtime import session as session_module
 from voxfloat.runtime.card import INPUT_NAME, OUTPUT_NAME
+from parity import cosine
 
 CHANNELS, DIM = 12, 8
 
@@ -73,10 +74,6 @@ def write_tiny_model(path: Path, card: ModelCard | None = None, input_name: str 
 @pytest.fixture
 def model_path(tmp_path: Path) -> Path:
     return write_tiny_model(tmp_path / "tiny.onnx", tiny_card())
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.sum(a * b, -1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
 
 
 # ---- card ----------------------------------------------------------------------------------------

@@ -19,13 +19,10 @@ from voxfloat.export.core import ExportError
 from voxfloat.export.registry import Built
 from voxfloat.export.sherpa import INPUT_NAME, OUTPUT_NAME, export_sherpa
 from voxfloat.runtime.card import ModelCard
+from parity import cosine
 
 ARCHS = {"campplus": "campplus_3dspeaker", "campplus-wespeaker": "campplus_wespeaker"}
 SHERPA_MIN_COSINE = {"utt_2p00s": 0.94, "utt_3p37s": 0.96, "utt_6p00s": 0.97, "utt_10p00s": 0.98}
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
 @pytest.fixture(scope="module", params=sorted(ARCHS))
