@@ -19,6 +19,7 @@ from voxfloat.export.core import ExportError, check_state_dict, fingerprint, loa
 from voxfloat.export.wespeaker import VAR_EPS, WESPEAKER, wespeaker_built, wespeaker_state
 from voxfloat.export.fbank import KaldiFbank
 from voxfloat.export.registry import Built
+from voxfloat.export.resnet import BasicBlock
 from voxfloat.runtime.card import ModelCard
 
 EMBEDDING_DIM = 512
@@ -35,24 +36,6 @@ def bn_relu(channels: int) -> nn.Sequential:
     return nn.Sequential(OrderedDict(batchnorm=nn.BatchNorm1d(channels), relu=nn.ReLU()))
 
 
-class ResBlock(nn.Module):
-    """BasicResBlock of the FCM head: 3x3 convs, stride only along frequency."""
-
-    def __init__(self, cin: int, cout: int, stride: int):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride=(stride, 1), padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, stride=1, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=(stride, 1), bias=False), nn.BatchNorm2d(cout))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
-        return F.relu(out + self.shortcut(x))
-
-
 class FCM(nn.Module):
     """2-D front CNN: (B, 80, T) -> (B, 32 * 10, T), channel-major flattening (index c * 10 + f)."""
 
@@ -60,8 +43,8 @@ class FCM(nn.Module):
         super().__init__()
         self.conv1 = nn.Conv2d(1, channels, 3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(channels)
-        self.layer1 = nn.Sequential(ResBlock(channels, channels, 2), ResBlock(channels, channels, 1))
-        self.layer2 = nn.Sequential(ResBlock(channels, channels, 2), ResBlock(channels, channels, 1))
+        self.layer1 = nn.Sequential(BasicBlock(channels, channels, (2, 1)), BasicBlock(channels, channels, (1, 1)))
+        self.layer2 = nn.Sequential(BasicBlock(channels, channels, (2, 1)), BasicBlock(channels, channels, (1, 1)))
         self.conv2 = nn.Conv2d(channels, channels, 3, stride=(2, 1), padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(channels)
 

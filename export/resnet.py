@@ -15,16 +15,19 @@ BLOCKS = (3, 4, 6, 3)  # ResNet34
 
 
 class BasicBlock(nn.Module):
-    """Two 3x3 conv + BN with a residual; a 1x1 conv + BN shortcut where the shape changes."""
+    """Two 3x3 conv + BN with a residual; a 1x1 conv + BN shortcut where the shape changes.
 
-    def __init__(self, cin: int, cout: int, stride: int):
+    Also CAM++'s FCM BasicResBlock, which strides along frequency only: stride (s, 1).
+    """
+
+    def __init__(self, cin: int, cout: int, stride: int | tuple[int, int]):
         super().__init__()
         self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(cout)
         self.conv2 = nn.Conv2d(cout, cout, 3, stride=1, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
         self.shortcut = nn.Sequential()
-        if stride != 1 or cin != cout:
+        if stride not in (1, (1, 1)) or cin != cout:
             self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
