@@ -196,8 +196,8 @@ def plot(scores: dict[tuple[str, str], np.ndarray], labels: np.ndarray, out: str
     ticks = np.array([0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 40])
     for fmt, scale in keys:
         far, frr, _ = error_curves(scores[fmt, scale], labels)
-        clip = lambda x: np.clip(x, 1e-4, 1 - 1e-4)  # noqa: E731
-        det.plot(norm.ppf(clip(far)), norm.ppf(clip(frr)), label=f"{fmt}/{scale}", lw=1)
+        far, frr = np.clip(far, 1e-4, 1 - 1e-4), np.clip(frr, 1e-4, 1 - 1e-4)  # probit of 0 or 1 is infinite
+        det.plot(norm.ppf(far), norm.ppf(frr), label=f"{fmt}/{scale}", lw=1)
     det.set_xticks(norm.ppf(ticks / 100), [f"{t:g}" for t in ticks])
     det.set_yticks(norm.ppf(ticks / 100), [f"{t:g}" for t in ticks])
     det.set_xlim(norm.ppf(0.0005), norm.ppf(0.5))
