@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from voxfloat.errors import UsageError
 from voxfloat.runtime.audio import AudioError, load_audio
 from voxfloat.runtime.card import INPUT_NAME, OUTPUT_NAME
 from voxfloat.runtime.session import ModelError, card_from_metadata, check_io, make_session, one_line
@@ -37,7 +38,7 @@ class SpeakerEncoder:
     """
 
     def __init__(self, model_path: PathLike, device: str = "auto", threads: int = 0, batch_size: int = 16,
-                 device_id: int = 0):
+                 device_id: int = 0, io_binding: bool | None = None):
         self.path = Path(model_path)
         self.session, self.device = make_session(self.path, device, threads, device_id)
         check_io(self.path, self.session)
@@ -45,7 +46,8 @@ class SpeakerEncoder:
         self.providers: list[str] = self.session.get_providers()
         self.batch_size = max(1, int(batch_size))
         self._device_id = device_id
-        self._bind_device = "cuda" if self.device == "cuda" else None  # I/O binding on the GPU only
+        bind = self.device == "cuda" if io_binding is None else io_binding  # None: I/O binding on the GPU only
+        self._bind_device = self.device if bind else None
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         """One session run on a (B, T) float32 batch; (B, D) float32."""
@@ -76,7 +78,7 @@ class SpeakerEncoder:
         arrays = [np.ascontiguousarray(w, dtype=np.float32) for w in waves]
         for i, w in enumerate(arrays):
             if w.ndim != 1 or w.size == 0:
-                raise ValueError(f"waveform {i}: expected a non-empty 1-D array, got shape {w.shape}")
+                raise UsageError(f"waveform {i}: expected a non-empty 1-D array, got shape {w.shape}")
         out = np.empty((len(arrays), self.card.embedding_dim), dtype=np.float32)
         by_length: dict[int, list[int]] = defaultdict(list)
         for i, w in enumerate(arrays):

@@ -1,6 +1,10 @@
 """ONNX Runtime sessions for voxfloat models: the card in the metadata, CUDA when it really loads, else CPU."""
 from __future__ import annotations
 
+import contextlib
+import functools
+import importlib.util
+import io
 import logging
 import os
 from pathlib import Path
@@ -8,7 +12,8 @@ from pathlib import Path
 import onnx
 import onnxruntime as ort
 
-from voxfloat.runtime.card import INPUT_NAME, OUTPUT_NAME, ModelCard
+from voxfloat.errors import UsageError
+from voxfloat.runtime.card import INPUT_NAME, OUTPUT_NAME, ModelCard, ModelError
 
 log = logging.getLogger(__name__)
 
@@ -16,10 +21,6 @@ CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 DEVICES = ("auto", "cpu", "cuda")
 ORT_DEFAULT_LOG_SEVERITY = 2  # warning: onnxruntime's own default
-
-
-class ModelError(Exception):
-    """A model file or device that cannot be used; the message is "<path>: <problem>" on one line."""
 
 
 def one_line(e: BaseException) -> str:
@@ -84,6 +85,23 @@ def _create(path: Path, providers: list, threads: int) -> ort.InferenceSession:
         raise ModelError(f"{path}: onnxruntime cannot load it ({one_line(e)})") from None
 
 
+@functools.cache
+def preload_cuda_libraries() -> bool:
+    """Load the CUDA and cuDNN libraries of the nvidia-* pip packages (extra `cuda`) when they are installed.
+
+    onnxruntime-gpu's CUDA provider does not search site-packages/nvidia; onnxruntime.preload_dlls() loads
+    them from there first. Its messages (printed) go to the debug log. False: no such packages.
+    """
+    if importlib.util.find_spec("nvidia") is None or not hasattr(ort, "preload_dlls"):
+        return False
+    said = io.StringIO()
+    with contextlib.redirect_stdout(said):
+        ort.preload_dlls()
+    if said.getvalue().strip():
+        log.debug("onnxruntime.preload_dlls: %s", said.getvalue().strip())
+    return True
+
+
 def make_session(model_path: str | os.PathLike, device: str = "auto", threads: int = 0,
                  device_id: int = 0) -> tuple[ort.InferenceSession, str]:
     """Create a session on `device` ("auto", "cpu" or "cuda"); return it and the device it really uses.
@@ -93,7 +111,7 @@ def make_session(model_path: str | os.PathLike, device: str = "auto", threads: i
     falls back to CPU with a logging warning.
     """
     if device not in DEVICES:
-        raise ValueError(f"device must be one of {', '.join(DEVICES)}, not {device!r}")
+        raise UsageError(f"device must be one of {', '.join(DEVICES)}, not {device!r}")
     path = Path(model_path)
     if not path.is_file():
         raise ModelError(f"{path}: no such model file")
@@ -106,6 +124,7 @@ def make_session(model_path: str | os.PathLike, device: str = "auto", threads: i
         log.info("onnxruntime has no %s; running on CPU", CUDA)
         return _create(path, [CPU], threads), "cpu"
 
+    preload_cuda_libraries()
     quiet = device == "auto"  # onnxruntime logs its failed CUDA load itself; the warning below says it once
     if quiet:
         ort.set_default_logger_severity(4)
