@@ -165,6 +165,11 @@ class VoiceprintStore:
     # -- properties ----------------------------------------------------------------------------------
 
     @property
+    def header(self) -> dict:
+        """A copy of the file's JSON header."""
+        return dict(self._header)
+
+    @property
     def format(self) -> str:
         return self._header["format"]
 
@@ -288,20 +293,38 @@ class VoiceprintStore:
             raise StoreError(f"{self.path}: {len(speaker_ids)} speaker ids for {len(E)} embeddings")
         self._put(list(speaker_ids), E, np.ones(len(E), np.uint32), replace)
 
-    def _put(self, ids: list[str], E: np.ndarray, nutt: np.ndarray, replace: bool) -> None:
+    def _check_new_ids(self, ids: list[str], replace: bool) -> dict[str, int]:
+        """Check ids about to be written (valid, not given twice, new unless replacing); the row index."""
         pos = self._positions()
-        new: dict[str, int] = {}
-        for i, s in enumerate(ids):
+        seen: set[str] = set()
+        for s in ids:
             self._check_id(s)
-            if s in new:
+            if s in seen:
                 raise StoreError(f"{self.path}: speaker {s!r} is given twice")
             if s in pos and not replace:
                 raise StoreError(f"{self.path}: speaker {s!r} is already enrolled (replace it explicitly)")
-            new[s] = i
+            seen.add(s)
+        return pos
+
+    def _put(self, ids: list[str], E: np.ndarray, nutt: np.ndarray, replace: bool) -> None:
+        pos = self._check_new_ids(ids, replace)
         try:
             packed = self.codec.encode(E)
         except StoreError as e:
             raise StoreError(f"{self.path}: {e}") from None
+        self._place(ids, packed, nutt, pos)
+
+    def add_packed(self, speaker_ids: Sequence[str], packed: np.ndarray, n_utterances: np.ndarray,
+                   replace: bool = False) -> None:
+        """Insert rows already packed in this store's codec (merging stores copies bytes, never re-encodes)."""
+        self._need_writable()
+        ids, packed = list(speaker_ids), np.asarray(packed, np.uint8)
+        if packed.shape != (len(ids), self._rows.shape[1]) or len(n_utterances) != len(ids):
+            raise StoreError(f"{self.path}: {len(ids)} ids for packed rows of shape {packed.shape}")
+        self._place(ids, packed, np.asarray(n_utterances, np.uint32), self._check_new_ids(ids, replace))
+
+    def _place(self, ids: list[str], packed: np.ndarray, nutt: np.ndarray, pos: dict[str, int]) -> None:
+        """Write packed rows: known ids in place, new ids appended."""
         known = [s in pos for s in ids]
         if any(known):  # replacements stay in place; the others are appended below
             src = np.flatnonzero(known)
@@ -340,9 +363,12 @@ class VoiceprintStore:
         self._n -= 1
         self._index, self._inv_norms = None, None
 
-    def set_thresholds(self, thresholds: dict[str, float], source: str) -> None:
-        """Record calibrated cosine thresholds per format (merged into the existing ones) and where they came from."""
+    def set_thresholds(self, thresholds: dict[str, float], source: str | None, *, replace: bool = False) -> None:
+        """Record calibrated cosine thresholds per format and where they came from (merged into the existing
+        ones; `replace` drops those first, so an empty dict leaves the store on the model's default)."""
         self._need_writable()
+        if replace:
+            self._header["thresholds"], self._header["threshold_source"] = {}, None
         clean = {}
         for fmt, value in thresholds.items():
             if fmt not in FORMATS:
@@ -355,7 +381,8 @@ class VoiceprintStore:
                 raise StoreError(f"{self.path}: threshold for {fmt} must be a cosine in [-1, 1], got {value!r}")
             clean[fmt] = v
         self._header["thresholds"] = {**self._header["thresholds"], **clean}
-        self._header["threshold_source"] = str(source)
+        if clean or not replace:
+            self._header["threshold_source"] = str(source)
 
     # -- scoring -------------------------------------------------------------------------------------
 
