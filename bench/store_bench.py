@@ -21,7 +21,7 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-import faiss  # noqa: E402
+import numba  # noqa: E402
 import numpy as np  # noqa: E402
 
 from voxfloat.store import FORMATS, SCALE_MODES, Codec, VoiceprintStore  # noqa: E402
@@ -74,6 +74,21 @@ def mib(b: float) -> str:
     return f"{b / 2 ** 20:.1f}"
 
 
+@numba.njit(nogil=True, cache=True)
+def _xor_all(a: np.ndarray) -> np.uint64:
+    acc = np.uint64(0)
+    for i in range(a.size):
+        acc ^= a[i]
+    return acc
+
+
+def read_bandwidth(mib: int = 512, reps: int = 5) -> float:
+    """Bytes per second one core reads from memory: a vectorised XOR over `mib` MiB (far beyond the caches)."""
+    a = np.arange(mib * 2 ** 17, dtype=np.uint64)
+    _xor_all(a[:1024])
+    return a.nbytes / cpu(lambda: _xor_all(a), reps)
+
+
 def exact_top1(E: np.ndarray, Q: np.ndarray) -> np.ndarray:
     return np.concatenate([np.argmax(E @ Q[i:i + 64].T, axis=0) for i in range(0, len(Q), 64)])
 
@@ -110,12 +125,16 @@ def _searches(search, Q64: np.ndarray, Qa: np.ndarray, top_a: np.ndarray, pos: d
 
 
 def _faiss_flat(E: np.ndarray, Q64: np.ndarray, Qa: np.ndarray, top_a: np.ndarray) -> dict:
+    import faiss  # benchmark-only dependency (extra dev): gpu_check imports this module without it
+
     ix = faiss.IndexFlatIP(DIM)
     ix.add(E)
     return dict(**_searches(ix.search, Q64, Qa, top_a), size=E.nbytes, row=4 * DIM)
 
 
 def _faiss_sq(qt: str, E: np.ndarray, Q64: np.ndarray, Qa: np.ndarray, top_a: np.ndarray) -> dict:
+    import faiss
+
     ix = faiss.IndexScalarQuantizer(DIM, getattr(faiss.ScalarQuantizer, qt), faiss.METRIC_INNER_PRODUCT)
     ix.train(E[:100_000])
     enc = cpu(lambda: ix.add(E))
@@ -171,6 +190,8 @@ def main() -> None:
     ap.add_argument("--small", type=int, default=100_000, help="vectors for every format and scale mode")
     ap.add_argument("--big", type=int, default=1_000_000, help="vectors for the vector mode and e2m1 (0: skip)")
     args = ap.parse_args()
+    import faiss
+
     print(f"voxfloat store benchmark: numpy {np.__version__}, faiss {faiss.__version__}, load average "
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     codec_sizes = [[f"{f}", *[Codec(f, s).row_bytes(DIM) for s in SCALE_MODES]] for f in FORMATS]
