@@ -16,8 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from voxfloat.export.core import export_onnx
-from voxfloat.export.registry import build
+from voxfloat.export.core import build, export_onnx
 from voxfloat.runtime import make_session
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"

@@ -15,13 +15,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from voxfloat.export.core import ExportError, check_state_dict, fingerprint, load_checkpoint
-from voxfloat.export.wespeaker import VAR_EPS, WESPEAKER, wespeaker_built, wespeaker_state
-from voxfloat.export.fbank import KaldiFbank
-from voxfloat.export.registry import Built
-from voxfloat.export.resnet import BasicBlock
+from voxfloat.export.core import Built, ExportError, check_state_dict, fingerprint, load_checkpoint
+from voxfloat.export.frontends import KaldiFbank
+from voxfloat.export.layers import TSTP, VAR_EPS, BasicBlock
+from voxfloat.export.wespeaker import WESPEAKER, wespeaker_built, wespeaker_state
 from voxfloat.runtime.card import ModelCard
 
+CHECKPOINT = "3D-Speaker campplus_voxceleb.bin or WeSpeaker avg_model.pt"
 EMBEDDING_DIM = 512
 SEGMENT = 100  # CAMLayer segment pooling length (frames after the stride-2 TDNN)
 THRESHOLD = 0.381
@@ -128,20 +128,6 @@ class Transit(nn.Module):
         return self.linear(self.nonlinear(x))
 
 
-class StatsPool(nn.Module):
-    """Mean and unbiased std over time; `eps` None is 3D-Speaker's std(), a float is WeSpeaker TSTP's sqrt(var + eps)."""
-
-    def __init__(self, eps: float | None):
-        super().__init__()
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mean = x.mean(dim=-1)
-        var = (x - mean.unsqueeze(-1)).pow(2).sum(dim=-1) / (x.shape[-1] - 1)
-        std = torch.sqrt(var if self.eps is None else var + self.eps)
-        return torch.cat([mean, std], dim=-1)
-
-
 class Dense(nn.Module):
     """Final DenseLayer: 1x1 conv 1024 -> 512 and BatchNorm1d(affine=False); its output is the embedding."""
 
@@ -170,7 +156,7 @@ class CAMPPlus(nn.Module):
             xvector[f"transit{i}"] = Transit(channels, channels // 2)
             channels //= 2
         xvector["out_nonlinear"] = bn_relu(channels)
-        xvector["stats"] = StatsPool(std_eps)
+        xvector["stats"] = TSTP(std_eps)
         xvector["dense"] = Dense(channels * 2, EMBEDDING_DIM)
         self.xvector = nn.ModuleDict(xvector)  # same keys as upstream's nn.Sequential
 
@@ -190,19 +176,13 @@ def threed_speaker_state(path: str | os.PathLike) -> Mapping[str, torch.Tensor]:
     return obj
 
 
-def build(arch: str, checkpoint: Path | None) -> Built:
+def build(arch: str, checkpoint: Path) -> Built:
     """Load a CAM++ checkpoint for `arch` ("campplus": 3D-Speaker, "campplus-wespeaker": WeSpeaker)."""
-    if checkpoint is None:
-        raise ExportError(f"{arch}: needs --checkpoint (3D-Speaker campplus_voxceleb.bin or WeSpeaker avg_model.pt)")
     if arch == "campplus-wespeaker":
-        net = CAMPPlus(std_eps=VAR_EPS)
-        built = wespeaker_built(arch, checkpoint, net, wespeaker_state(checkpoint), WESPEAKER_LAYOUT,
-                                f"{WESPEAKER} wespeaker/models/campplus.py CAMPPlus(80, embed_dim=512, TSTP)",
-                                EMBEDDING_DIM, extra={"pooling": "TSTP sqrt(var + 1e-7)"})
-        built.card.threshold, built.card.threshold_source = THRESHOLD, THRESHOLD_SOURCE
-        return built
-    if arch != "campplus":
-        raise ExportError(f"{arch}: not a CAM++ architecture (campplus, campplus-wespeaker)")
+        return wespeaker_built(arch, checkpoint, CAMPPlus(std_eps=VAR_EPS), wespeaker_state(checkpoint),
+                               WESPEAKER_LAYOUT,
+                               f"{WESPEAKER} wespeaker/models/campplus.py CAMPPlus(80, embed_dim=512, TSTP)",
+                               EMBEDDING_DIM, {"pooling": "TSTP sqrt(var + 1e-7)"}, THRESHOLD, THRESHOLD_SOURCE)
     net = CAMPPlus(std_eps=None)
     state = check_state_dict(checkpoint, threed_speaker_state(checkpoint), net, THREED_LAYOUT)
     net.load_state_dict(state, strict=True)

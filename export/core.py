@@ -1,7 +1,10 @@
-"""What every architecture shares at export: checkpoint loading, fingerprint, scaling node, ONNX writing."""
+"""What every architecture shares at export: the registry's build, checkpoint loading, fingerprint, scaling node,
+ONNX writing."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import importlib
 import os
 import tempfile
 import warnings
@@ -13,12 +16,35 @@ import onnx
 import torch
 from torch import nn
 
+from voxfloat.errors import UsageError, VoxfloatError
+from voxfloat.export import ARCHS
 from voxfloat.runtime.card import INPUT_NAME, OUTPUT_NAME, ModelCard
 from voxfloat.store.formats import get_format
 
 
-class ExportError(Exception):
+class ExportError(VoxfloatError):
     """A checkpoint or model that cannot be exported; the message is one line for the user."""
+
+
+@dataclasses.dataclass
+class Built:
+    """A loaded encoder ready for export_onnx: waveform (B, T) in, unscaled embedding (B, D) out."""
+
+    encoder: nn.Module
+    card: ModelCard
+    dynamo: bool = False              # which torch.onnx exporter handles this architecture
+    sherpa: nn.Module | None = None   # encoder alone, fbank (B, T, 80) in, for `--sherpa`
+    sherpa_meta: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+def build(arch: str, checkpoint: str | os.PathLike | None) -> Built:
+    """Load `checkpoint` for `arch` with its module's `build`; None is only for a module with a default (GE2E)."""
+    if arch not in ARCHS:
+        raise UsageError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
+    module = importlib.import_module(f"voxfloat.export.{ARCHS[arch]}")
+    if checkpoint is None and module.CHECKPOINT:
+        raise ExportError(f"{arch}: needs --checkpoint ({module.CHECKPOINT})")
+    return module.build(arch, None if checkpoint is None else Path(checkpoint))
 
 
 def load_checkpoint(path: str | os.PathLike) -> object:
@@ -89,15 +115,15 @@ def export_onnx(encoder: nn.Module, card: ModelCard, out: str | os.PathLike, sca
     """Write `encoder` (waveform (B, T) -> embedding (B, D)) as ONNX with the scaling node and metadata.
 
     The file is checked with onnx.checker and compared with PyTorch on a random input before it
-    replaces `out` (atomic rename); returns the card as written.
+    replaces `out` (atomic rename); returns a copy of `card` with the scaling fields as written.
     """
     encoder = encoder.eval()
     if scale_format:
         fmt = get_format(scale_format)
-        card.scale_format, card.scale_target = fmt.name, fmt.scale_target
+        card = dataclasses.replace(card, scale_format=fmt.name, scale_target=fmt.scale_target)
         model: nn.Module = _Scaled(encoder, ScaleToFormat(fmt.scale_target)).eval()
     else:
-        card.scale_format, card.scale_target = "", 0.0
+        card = dataclasses.replace(card, scale_format="", scale_target=0.0)
         model = encoder
     gen = torch.Generator().manual_seed(0)
     n = int(example_seconds * card.sample_rate)

@@ -8,9 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from voxfloat.export.core import ExportError
-from voxfloat.export.registry import Built
-from voxfloat.export.wespeaker import VAR_EPS, WESPEAKER, wespeaker_built, wespeaker_state
+from voxfloat.export.core import Built
+from voxfloat.export.layers import ASTP
+from voxfloat.export.wespeaker import WESPEAKER, shape_dim, wespeaker_built, wespeaker_state
+
+CHECKPOINT = "WeSpeaker ECAPA_TDNN avg_model.pt"
 
 
 class ConvReluBn(nn.Module):
@@ -73,27 +75,6 @@ class SERes2Block(nn.Module):
         return x + self.se_res2block(x)
 
 
-class ASTP(nn.Module):
-    """Attentive statistics pooling; with global context the attention also sees the utterance mean and std."""
-
-    def __init__(self, dim: int, global_context: bool, bottleneck: int = 128):
-        super().__init__()
-        self.global_context = global_context
-        self.linear1 = nn.Conv1d(dim * 3 if global_context else dim, bottleneck, 1)
-        self.linear2 = nn.Conv1d(bottleneck, dim, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x_in = x
-        if self.global_context:
-            mean = x.mean(dim=-1, keepdim=True).expand_as(x)
-            std = torch.sqrt(torch.var(x, dim=-1, keepdim=True) + VAR_EPS).expand_as(x)
-            x_in = torch.cat((x, mean, std), dim=1)
-        alpha = torch.softmax(self.linear2(torch.tanh(self.linear1(x_in))), dim=2)
-        mean = torch.sum(alpha * x, dim=2)
-        var = torch.sum(alpha * x * x, dim=2) - mean * mean
-        return torch.cat([mean, torch.sqrt(var.clamp(min=VAR_EPS))], dim=1)
-
-
 class ECAPATDNN(nn.Module):
     """WeSpeaker ECAPA_TDNN: fbank (B, T, 80) -> embedding (B, embed_dim), the upstream tuple's last element."""
 
@@ -119,25 +100,17 @@ class ECAPATDNN(nn.Module):
 
 def variant(state: Mapping[str, torch.Tensor]) -> tuple[int, bool, int]:
     """(channels, global_context, embed_dim) read from the checkpoint's shapes; defaults where keys are absent."""
-    def dim(key: str, axis: int, default: int) -> int:
-        t = state.get(key)
-        return int(t.shape[axis]) if isinstance(t, torch.Tensor) and t.dim() > axis else default
-
-    channels = dim("layer1.conv.weight", 0, 512)
+    channels = shape_dim(state, "layer1.conv.weight", 0, 512)
     channels = channels if channels in (512, 1024) else 512  # other widths are not WeSpeaker classes: shape error
-    return channels, dim("pool.linear1.weight", 1, 4608) == 4608, dim("linear.weight", 0, 192)
+    return channels, shape_dim(state, "pool.linear1.weight", 1, 4608) == 4608, shape_dim(state, "linear.weight", 0, 192)
 
 
-def build(arch: str, checkpoint: Path | None) -> Built:
+def build(arch: str, checkpoint: Path) -> Built:
     """Load a WeSpeaker ECAPA-TDNN avg_model.pt (variant detected from its shapes) as a waveform-in encoder."""
-    if checkpoint is None:
-        raise ExportError(f"{arch}: --checkpoint is required (WeSpeaker avg_model.pt)")
     state = wespeaker_state(checkpoint)
     channels, glob, embed_dim = variant(state)
     cls = f"ECAPA_TDNN{'_GLOB' if glob else ''}_c{channels}"
-    net = ECAPATDNN(channels, glob, embed_dim)
-    layout = "WeSpeaker ECAPA_TDNN[_GLOB]_c512/_c1024 raw state_dict"
-    extra = {"class": cls, "channels": channels, "global_context_att": glob, "embed_dim": embed_dim,
-             "pooling": "ASTP", "params": sum(p.numel() for p in net.parameters())}
-    return wespeaker_built(arch, checkpoint, net, state, layout,
+    extra = {"class": cls, "channels": channels, "global_context_att": glob, "embed_dim": embed_dim, "pooling": "ASTP"}
+    return wespeaker_built(arch, checkpoint, ECAPATDNN(channels, glob, embed_dim), state,
+                           "WeSpeaker ECAPA_TDNN[_GLOB]_c512/_c1024 raw state_dict",
                            f"{WESPEAKER} wespeaker/models/ecapa_tdnn.py {cls}", embed_dim, extra)

@@ -15,11 +15,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from voxfloat.export.core import ExportError, check_state_dict, fingerprint, load_checkpoint
-from voxfloat.export.melspec import MelPower
-from voxfloat.export.registry import Built
+from voxfloat.export.core import Built, ExportError, check_state_dict, fingerprint, load_checkpoint
+from voxfloat.export.frontends import MelPower
 from voxfloat.runtime.card import ModelCard
 
+CHECKPOINT = None            # optional: the resemblyzer wheel's pretrained.pt by default
 SAMPLE_RATE = 16000
 N_FFT = 400                 # 25 ms window
 HOP = 160                   # 10 ms step

@@ -10,8 +10,7 @@ import os
 
 import torch
 
-from voxfloat.export.core import ExportError, write_onnx
-from voxfloat.export.registry import Built
+from voxfloat.export.core import Built, ExportError, write_onnx
 
 INPUT_NAME = "x"            # (B, T, 80) fbank, as sherpa-onnx's export scripts name it
 OUTPUT_NAME = "embedding"   # (B, D), unnormalised

@@ -13,10 +13,10 @@ from torch import nn
 from torch.nn.utils import parametrize
 from transformers import WavLMConfig, WavLMForXVector
 
-from voxfloat.export.core import ExportError, check_state_dict, fingerprint, load_checkpoint
-from voxfloat.export.registry import Built
+from voxfloat.export.core import Built, ExportError, check_state_dict, fingerprint, load_checkpoint
 from voxfloat.runtime.card import ModelCard
 
+CHECKPOINT = "microsoft/wavlm-base-plus-sv pytorch_model.bin"
 LAYOUT = "microsoft/wavlm-base-plus-sv pytorch_model.bin (raw WavLMForXVector state dict)"
 SOURCE = "microsoft/wavlm-base-plus-sv (HF rev feb593a), transformers WavLMForXVector .embeddings"
 FRONTEND = ("raw waveform in [-1, 1] (Wav2Vec2FeatureExtractor do_normalize=False, attention mask all ones); "
@@ -102,11 +102,9 @@ def load_model(checkpoint: Path) -> tuple[WavLMForXVector, dict[str, torch.Tenso
     return model.eval(), state
 
 
-def build(arch: str, checkpoint: Path | None) -> Built:
+def build(arch: str, checkpoint: Path) -> Built:
     """The waveform-in WavLM x-vector encoder and its card, from an upstream `pytorch_model.bin`."""
-    if checkpoint is None:
-        raise ExportError(f"{arch}: needs --checkpoint (microsoft/wavlm-base-plus-sv pytorch_model.bin)")
-    model, state = load_model(Path(checkpoint))
+    model, state = load_model(checkpoint)
     # fold the weight norm into a plain conv weight: the exported graph then has no norm to recompute
     parametrize.remove_parametrizations(model.wavlm.encoder.pos_conv_embed.conv, "weight", leave_parametrized=True)
     card = ModelCard(arch=arch, source=SOURCE, embedding_dim=EMBEDDING_DIM, fingerprint=fingerprint(arch, state),

@@ -7,14 +7,12 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from voxfloat.export.core import ExportError, check_state_dict, fingerprint, load_checkpoint
-from voxfloat.export.fbank import KaldiFbank
-from voxfloat.export.registry import Built
+from voxfloat.export.core import Built, ExportError, check_state_dict, fingerprint, load_checkpoint
+from voxfloat.export.frontends import KaldiFbank
 from voxfloat.runtime.card import ModelCard
 
 WESPEAKER = "wenet-e2e/wespeaker@dfa741957e5c11f477623b6e583d67d0af25ee88"
 NO_THRESHOLD = "none published: WeSpeaker reports EER/minDCF only; run `voxfloat calibrate`"
-VAR_EPS = 1e-7  # WeSpeaker pooling_layers: the floor of every variance under a sqrt
 
 
 def wespeaker_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -27,15 +25,26 @@ def wespeaker_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return dict(obj)
 
 
+def shape_dim(state: Mapping[str, torch.Tensor], key: str, axis: int, default: int) -> int:
+    """Size of `state[key]` along `axis`, or `default` where the key is absent (check_state_dict names it later)."""
+    t = state.get(key)
+    return int(t.shape[axis]) if isinstance(t, torch.Tensor) and t.dim() > axis else default
+
+
 def wespeaker_built(arch: str, path: str | os.PathLike, net: nn.Module, state: Mapping[str, torch.Tensor],
-                    layout: str, source: str, dim: int, extra: dict) -> Built:
-    """Strict-load `state` into `net` (ignoring the training head `projection.*`) and add WeSpeaker's front end."""
+                    layout: str, source: str, dim: int, extra: dict, threshold: float | None = None,
+                    threshold_source: str = NO_THRESHOLD) -> Built:
+    """Strict-load `state` into `net` (ignoring the training head `projection.*`) and add WeSpeaker's front end.
+
+    The card's extra gets the network's parameter count besides `extra`.
+    """
     state = check_state_dict(path, state, net, layout, ignore_prefixes=("projection.",))
     net.load_state_dict(state, strict=True)
     net.eval()
     frontend = KaldiFbank(window="hamming", input_scale=32768.0, cmn=True)
     card = ModelCard(arch=arch, source=source, embedding_dim=dim, fingerprint=fingerprint(arch, state),
-                     frontend=frontend.describe(), threshold=None, threshold_source=NO_THRESHOLD, extra=extra)
+                     frontend=frontend.describe(), threshold=threshold, threshold_source=threshold_source,
+                     extra={**extra, "params": sum(p.numel() for p in net.parameters())})
     # what sherpa-onnx reads: int16-scale samples (normalize_samples 0) and CMN done by sherpa (global-mean)
     sherpa_meta = {"framework": "wespeaker", "language": "English", "comment": source,
                    "url": "https://github.com/" + WESPEAKER.split("@")[0], "sample_rate": "16000",

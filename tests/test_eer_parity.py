@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from voxfloat.evaluate import evaluate, read_trials
-from voxfloat.export.core import export_onnx
-from voxfloat.export.registry import build
+from voxfloat.export.core import build, export_onnx
 from voxfloat.runtime import SpeakerEncoder, load_audio
 from voxfloat.store import FORMATS
 

@@ -9,8 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from voxfloat.export.campplus import StatsPool, build, segment_means, segment_pooling
-from voxfloat.export.core import ExportError, export_onnx
+from voxfloat.export.campplus import segment_means, segment_pooling
+from voxfloat.export.core import ExportError, build, export_onnx
+from voxfloat.export.layers import TSTP
 from voxfloat.runtime.card import INPUT_NAME, OUTPUT_NAME, ModelCard
 from parity import assert_parity, cosine
 
@@ -122,10 +123,10 @@ def test_stats_pooling_follows_each_upstream():
     x = torch.randn(2, 8, 37, generator=torch.Generator().manual_seed(2))
     threed = torch.cat([x.mean(-1), x.std(-1, unbiased=True)], -1)
     wespeaker = torch.cat([x.mean(-1), torch.sqrt(torch.var(x, dim=-1) + 1e-7)], -1)
-    torch.testing.assert_close(StatsPool(None)(x), threed)
-    torch.testing.assert_close(StatsPool(1e-7)(x), wespeaker)
+    torch.testing.assert_close(TSTP(None)(x), threed)
+    torch.testing.assert_close(TSTP(1e-7)(x), wespeaker)
     constant = torch.ones(1, 2, 5)
-    assert StatsPool(None)(constant)[0, 2:].abs().max() == 0  # no eps: std of a constant is exactly 0
+    assert TSTP(None)(constant)[0, 2:].abs().max() == 0  # no eps: std of a constant is exactly 0
 
 
 def one_line_error(arch: str, path) -> str:

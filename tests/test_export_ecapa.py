@@ -13,8 +13,7 @@ import pytest
 import sherpa_onnx
 import torch
 
-from voxfloat.export.core import ExportError, export_onnx
-from voxfloat.export.registry import Built, build
+from voxfloat.export.core import Built, ExportError, build, export_onnx
 from voxfloat.export.sherpa import export_sherpa
 from voxfloat.runtime.card import INPUT_NAME, OUTPUT_NAME, ModelCard
 from parity import assert_parity, cosine

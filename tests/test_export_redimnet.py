@@ -15,8 +15,8 @@ import torch
 from parity import assert_parity, cosine
 from test_export_ecapa import (Exported, check_batched, check_salted, export_reference, one_line_error,
                                rewrite_checkpoint)
-from voxfloat.export import redimnet
-from voxfloat.export.core import ExportError
+from voxfloat.export import redimnet, redimnet_config
+from voxfloat.export.core import ExportError, build
 from voxfloat.runtime.card import ModelCard
 
 NAME = "redimnet_b2"
@@ -55,7 +55,7 @@ def size_checkpoint(variant: str, reference_dir: Path, weights_rule, out: Path) 
     stages blow up (b3 reaches |x| ~ 7e4) and the narrow attention heads turn into a hard argmax over time,
     so b3's float32 embedding has cosine 0.81 to its own float64 one; that would test rounding, not the export.
     """
-    f, c, block_1d, block_2d, gdiv, stages = redimnet.VARIANTS[variant]
+    f, c, block_1d, block_2d, gdiv, stages = redimnet_config.VARIANTS[variant]
     config = dict(F=f, C=c, block_1d_type=block_1d, block_2d_type=block_2d, group_divisor=gdiv,
                   stages_setup=[[s, n, e, [[3, 3]], r] for s, n, e, r in stages], out_channels=None,
                   embed_dim=192, hop_length=240, pooling_func="ASTP", feat_type="pt", global_context_att=True,
@@ -63,7 +63,7 @@ def size_checkpoint(variant: str, reference_dir: Path, weights_rule, out: Path) 
     ref = np.load(reference_dir / f"{NAME}.npz")
     consts = {WINDOW_KEY: ref[f"const/{WINDOW_KEY}"], PREEMPH_KEY: ref[f"const/{PREEMPH_KEY}"],
               FB_KEY: htk_mel_filterbank(f)}
-    layout = redimnet.ReDimNetWrap(redimnet.parse_config(config)).state_dict()
+    layout = redimnet.ReDimNetWrap(redimnet_config.parse_config(config)).state_dict()
     state = {}
     for key, t in layout.items():
         a = weights_rule.generate(key, tuple(t.shape), str(t.dtype), salt=variant)
@@ -122,7 +122,7 @@ def test_other_sizes_build_and_export(variant, reference_dir, weights_rule, refe
     """b0 (60 mels, ResNet blocks, channel expansion), b1 (stride 3, stages without 1-D block), b3 (fwSE)."""
     ckpt = size_checkpoint(variant, reference_dir, weights_rule, tmp_path / f"{variant}.pt")
     model = Exported("redimnet", ckpt, tmp_path / f"{variant}.onnx")
-    f, c = redimnet.VARIANTS[variant][:2]
+    f, c = redimnet_config.VARIANTS[variant][:2]
     assert model.built.card.extra["variant"] == variant and model.built.card.extra["n_mels"] == f
     wavs = {k: v[:48000] for k, v in reference_inputs.items() if len(v) >= 48000}
     embeddings = []
@@ -161,7 +161,7 @@ def test_missing_key_and_wrong_size(official_checkpoint, tmp_path):
         **ck, "state_dict": {k: v for k, v in ck["state_dict"].items() if k != key}})
     one_line_error("redimnet", bad, "ReDimNet b2 (IDRnD release layout", f"missing {key}")
     # a b2 state dict under a b1 config: the layout named is b1 and the first differing keys are listed
-    b1 = redimnet.VARIANTS["b1"]
+    b1 = redimnet_config.VARIANTS["b1"]
     config = dict(F=b1[0], C=b1[1], group_divisor=b1[4], stages_setup=[[s, n, e, [[3, 3]], r] for s, n, e, r in b1[5]])
     bad = rewrite_checkpoint(src, tmp_path / "size.pt", lambda ck: with_config(ck, config))
     one_line_error("redimnet", bad, "not a ReDimNet b1 (IDRnD release layout", "missing backbone.stage1.5.conv_block",
@@ -172,11 +172,11 @@ def test_missing_key_and_wrong_size(official_checkpoint, tmp_path):
 def test_classifier_head_is_accepted_and_left_out(official_checkpoint, tmp_path):
     """Checkpoints trained with num_classes carry cls_head.*: it loads, and the embedding stays the one exported."""
     src = official_checkpoint(NAME)
-    plain = redimnet.build("redimnet", src)
+    plain = build("redimnet", src)
     head = rewrite_checkpoint(src, tmp_path / "head.pt", lambda ck: {
         "model_config": {**ck["model_config"], "num_classes": 7},
         "state_dict": {**ck["state_dict"], "cls_head.2.weight": torch.ones(7, 192), "cls_head.2.bias": torch.zeros(7)}})
-    built = redimnet.build("redimnet", head)
+    built = build("redimnet", head)
     assert built.card.fingerprint == plain.card.fingerprint and built.card.embedding_dim == 192
 
 
@@ -185,4 +185,4 @@ def test_not_a_checkpoint(tmp_path):
     text.write_text("not a checkpoint")
     one_line_error("redimnet", text, "not a loadable PyTorch checkpoint")
     with pytest.raises(ExportError, match="needs --checkpoint"):
-        redimnet.build("redimnet", None)
+        build("redimnet", None)

@@ -13,8 +13,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from voxfloat.export.core import ExportError, export_onnx
-from voxfloat.export.registry import build
+from voxfloat.export.core import ExportError, build, export_onnx
 from voxfloat.export.wavlm import LAYOUT
 from voxfloat.runtime.card import INPUT_NAME, OUTPUT_NAME, ModelCard
 from parity import assert_parity, cosine

@@ -6,7 +6,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from voxfloat.export.fbank import KaldiFbank
+from voxfloat.export.frontends import KaldiFbank
 
 FRONT_ENDS = {  # reference file -> (window, input scale) as the upstream calls torchaudio's fbank
     "campplus_3dspeaker": ("povey", 1.0),

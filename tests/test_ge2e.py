@@ -18,7 +18,7 @@ import torch
 from voxfloat.export.core import ExportError, export_onnx
 from voxfloat.export.ge2e import (DEFAULT_THRESHOLD, LAYOUT, N_FFT, GE2EEncoder, build, default_checkpoint,
                                   partial_count)
-from voxfloat.export.melspec import MelPower
+from voxfloat.export.frontends import MelPower
 from voxfloat.runtime.card import INPUT_NAME, OUTPUT_NAME, ModelCard
 from voxfloat.store.formats import get_format
 from parity import cosine

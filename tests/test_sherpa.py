@@ -14,9 +14,7 @@ import pytest
 import sherpa_onnx
 import torch
 
-from voxfloat.export.campplus import build
-from voxfloat.export.core import ExportError
-from voxfloat.export.registry import Built
+from voxfloat.export.core import Built, ExportError, build
 from voxfloat.export.sherpa import INPUT_NAME, OUTPUT_NAME, export_sherpa
 from voxfloat.runtime.card import ModelCard
 from parity import cosine
