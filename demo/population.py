@@ -2,7 +2,9 @@
 
 Writes OUT/audio/<speaker>/*.wav, OUT/enroll.csv (3 utterances a speaker), OUT/tests.txt (the
 rest) and OUT/trials.txt (every pair of utterances, VoxCeleb format). Nothing here is needed by
-the package; it only makes audio for `make demo` on a machine without ../shared.
+the package; it only makes audio for `make demo` on a machine without ../shared. Every system file
+it reads comes from a package in debian-packages.txt (tests/test_demo.py checks that with dpkg -S);
+files are opened with Python's open so that the check sees them.
 """
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ from pathlib import Path
 import soundfile as sf
 
 ASTERISK = Path("/usr/share/asterisk/sounds")
-# One speaker each; Allison Smith recorded both the US English and the Mexican Spanish prompts.
+# One speaker each (it_IT_f_Menardi: asterisk-prompt-it-menardi-wav; the others: asterisk-core-sounds-*-wav);
+# Allison Smith recorded both the US English and the Mexican Spanish prompts.
 REAL = {"allison": ["en_US_f_Allison", "es_MX_f_Allison"], "june": ["fr_CA_f_June"],
         "menardi": ["it_IT_f_Menardi"], "carlo": ["it_IT_m_Carlo"], "ivr-ru": ["ru_RU_f_IvrvoiceRU"]}
 SYNTH = {"espeak-adam": "en-us+adam", "espeak-linda": "en-gb+linda", "espeak-john": "en-gb-scotland+john",
@@ -30,9 +33,15 @@ SENTENCES = [
 PER_SPEAKER, ENROLL = 10, 3
 
 
+def duration(path: Path) -> float:
+    """Seconds of audio in a file, read from its header."""
+    with open(path, "rb") as fh:
+        return sf.info(fh).duration
+
+
 def real_speaker(dirs: list[str], out: Path, rng: random.Random) -> list[Path]:
     """Copy PER_SPEAKER prompts of 2 to 8 seconds from the speaker's Asterisk folders."""
-    files = sorted(f for d in dirs for f in (ASTERISK / d).glob("*.wav") if 2.0 <= sf.info(f).duration <= 8.0)
+    files = sorted(f for d in dirs for f in (ASTERISK / d).glob("*.wav") if 2.0 <= duration(f) <= 8.0)
     picked = rng.sample(files, PER_SPEAKER)
     out.mkdir(parents=True, exist_ok=True)
     for i, f in enumerate(picked):
