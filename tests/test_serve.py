@@ -1,0 +1,312 @@
+"""`voxfloat serve` end to end: the real server on a free loopback port, driven over HTTP."""
+from __future__ import annotations
+
+import io
+import os
+import re
+import subprocess
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import soundfile as sf
+
+from serving import CLI, start_server, stop
+from voxfloat.api import DEFAULT_MAX_SECONDS
+from voxfloat.runtime.default_model import default_model_path
+from voxfloat.store import VoiceprintStore
+
+TOKEN = "s3cret-token"
+MAX_BODY_MB = 1.0
+
+
+def voxfloat(*args: object, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run the CLI in a child process (as a user would) and return what it did."""
+    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, timeout=timeout)
+
+
+def wav_bytes(wave: np.ndarray, rate: int = 16000, subtype: str = "PCM_16", fmt: str = "WAV") -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, wave, rate, subtype=subtype, format=fmt)
+    return buf.getvalue()
+
+
+@dataclass
+class Server:
+    url: str
+    store: Path
+    process: subprocess.Popen
+    log: Path
+
+    def client(self, token: str | None = TOKEN) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def model() -> Path:
+    """The shipped GE2E model: the server uses it without --model, the CLI enrolls with it."""
+    return default_model_path()
+
+
+@pytest.fixture(scope="module")
+def speakers(corpus_dir: Path) -> list[Path]:
+    """Six corpus speakers: 0-2 enrolled at start, 3-5 used for enrollment races and a replaced store."""
+    return sorted(d for d in (corpus_dir / "clean").iterdir() if d.is_dir())[:6]
+
+
+def utterances(speaker: Path) -> list[Path]:
+    return sorted(speaker.glob("*.flac"))
+
+
+def enroll_store(model: Path, speakers: list[Path], out: Path, root: Path) -> None:
+    """Enroll each speaker's first three utterances with the CLI."""
+    for d in speakers:
+        (root / d.name).mkdir(parents=True, exist_ok=True)
+        for f in utterances(d)[:3]:
+            (root / d.name / f.name).symlink_to(f)
+    done = voxfloat("enroll", root, "--model", model, "--out", out)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.fixture(scope="module")
+def server(model: Path, speakers: list[Path], tmp_path_factory) -> Iterator[Server]:
+    tmp = tmp_path_factory.mktemp("serve")
+    store = tmp / "s.vxf"
+    enroll_store(model, speakers[:3], store, tmp / "enroll")
+    token_file = tmp / "token"
+    token_file.write_text(TOKEN + "\n")
+    process, url = start_server("--store", store, "--token-file", token_file,
+                                "--max-body-mb", MAX_BODY_MB, "--threads", 1, log=tmp / "server.log")
+    yield Server(url, store, process, tmp / "server.log")
+    stop(process)
+
+
+def test_health_binds_loopback_and_describes_model_and_store(server: Server, model: Path) -> None:
+    with server.client() as c:
+        r = c.get("/health")
+    assert r.status_code == 200
+    h = r.json()
+    assert h["status"] == "ok" and h["count"] == 3 and h["format"] == "e4m3" and h["device"] == "cpu"
+    assert Path(h["model"]) == model and isinstance(h["threshold"], float)
+    assert f"Uvicorn running on http://127.0.0.1:{server.url.rsplit(':', 1)[1]}" in server.log.read_text()
+
+
+def test_openapi_lists_every_route(server: Server) -> None:
+    with server.client() as c:
+        spec = c.get("/openapi.json").json()
+    assert spec["openapi"].startswith("3.")
+    assert set(spec["paths"]) == {"/verify", "/identify", "/enroll", "/speakers", "/speakers/{speaker}", "/health"}
+
+
+def test_speakers_lists_the_enrolled(server: Server, speakers: list[Path]) -> None:
+    with server.client() as c:
+        r = c.get("/speakers")
+    assert r.status_code == 200
+    assert r.json() == {"speakers": [d.name for d in speakers[:3]], "count": 3}
+
+
+def test_verify_accepts_the_speaker_and_rejects_another(server: Server, speakers: list[Path]) -> None:
+    own, other = utterances(speakers[0])[5].read_bytes(), utterances(speakers[1])[5].read_bytes()
+    with server.client() as c:
+        a = c.post("/verify", params={"speaker": speakers[0].name}, content=own)
+        b = c.post("/verify", params={"speaker": speakers[0].name}, content=other)
+    assert a.status_code == b.status_code == 200
+    ra, rb = a.json(), b.json()
+    assert set(ra) == {"speaker", "score", "threshold", "threshold_source", "format", "accepted"}
+    assert ra["accepted"] is True and rb["accepted"] is False and ra["score"] > rb["score"]
+    assert ra["speaker"] == speakers[0].name and ra["format"] == "e4m3"
+
+
+def test_verify_reads_any_type_and_rate(server: Server, speakers: list[Path]) -> None:
+    """A 44.1 kHz stereo OGG body is decoded from memory and resampled like a file."""
+    wave, rate = sf.read(utterances(speakers[1])[6], dtype="float32")
+    import soxr
+    stereo = np.stack([soxr.resample(wave, rate, 44100)] * 2, axis=1)
+    body = wav_bytes(stereo, 44100, subtype="VORBIS", fmt="OGG")
+    with server.client() as c:
+        r = c.post("/verify", params={"speaker": speakers[1].name}, content=body)
+    assert r.status_code == 200 and r.json()["accepted"] is True
+
+
+def test_identify_ranks_the_true_speaker_first(server: Server, speakers: list[Path]) -> None:
+    with server.client() as c:
+        r = c.post("/identify", params={"top": 3}, content=utterances(speakers[2])[6].read_bytes())
+    assert r.status_code == 200
+    d = r.json()
+    assert [c["speaker"] for c in d["candidates"]][0] == speakers[2].name and len(d["candidates"]) == 3
+    assert d["decision"] == speakers[2].name
+    scores = [c["score"] for c in d["candidates"]]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_enroll_adds_utterances_replaces_and_delete_removes(server: Server, speakers: list[Path]) -> None:
+    new, files = speakers[3].name, utterances(speakers[3])
+    with server.client() as c:
+        first = c.post("/enroll", params={"speaker": new}, content=files[0].read_bytes())
+        assert first.status_code == 200, first.text
+        assert new in c.get("/speakers").json()["speakers"]
+        score_one = c.post("/verify", params={"speaker": new}, content=files[6].read_bytes()).json()["score"]
+        for f in files[1:4]:
+            assert c.post("/enroll", params={"speaker": new}, content=f.read_bytes()).status_code == 200
+        assert VoiceprintStore.open(server.store).n_utterances[-1] == 4
+        score_four = c.post("/verify", params={"speaker": new}, content=files[6].read_bytes()).json()["score"]
+        assert score_four > score_one  # more enrolment speech, a closer voiceprint
+        replaced = c.post("/enroll", params={"speaker": new, "replace": "true"}, content=files[0].read_bytes())
+        assert replaced.status_code == 200
+        assert VoiceprintStore.open(server.store).n_utterances[-1] == 1
+        gone = c.delete(f"/speakers/{new}")
+        assert gone.status_code == 200 and gone.json()["removed"] == new
+        assert new not in c.get("/speakers").json()["speakers"]
+        again = c.delete(f"/speakers/{new}")
+    assert again.status_code == 404 and new in again.json()["error"]
+    assert os.stat(server.store).st_mode & 0o777 == 0o600
+
+
+def bad_requests(speakers: list[Path]) -> list[tuple[str, str, dict, bytes | None, int, str]]:
+    """(name, path, params, body, status, word the error names) for every kind of bad input."""
+    ok = utterances(speakers[0])[4].read_bytes()
+    speaker = {"speaker": speakers[0].name}
+    long_silence = np.zeros(int((DEFAULT_MAX_SECONDS + 5) * 8000), np.float32)  # a few kB as FLAC
+    return [
+        ("empty body", "/verify", speaker, b"", 400, "empty"),
+        ("not audio", "/verify", speaker, b"this is not audio" * 100, 422, "unreadable"),
+        ("too short", "/verify", speaker, wav_bytes(np.full(1600, 0.1, np.float32)), 422, "too short"),
+        ("silent", "/verify", speaker, wav_bytes(np.zeros(32000, np.float32)), 422, "silent"),
+        ("too long", "/verify", speaker, wav_bytes(long_silence, 8000, fmt="FLAC"), 422, "too long"),
+        ("too large", "/verify", speaker, bytes(int(MAX_BODY_MB * 2**20) + 1), 413, "too large"),
+        ("far too large", "/verify", speaker, bytes(int(3 * MAX_BODY_MB * 2**20)), 413, "too large"),
+        ("unknown speaker", "/verify", {"speaker": "nobody"}, ok, 404, "nobody"),
+        ("no speaker", "/verify", {}, ok, 400, "speaker"),
+        ("bad top", "/identify", {"top": "x"}, ok, 400, "top"),
+        ("zero top", "/identify", {"top": "0"}, ok, 400, "top"),
+        ("bad replace", "/enroll", {**speaker, "replace": "maybe"}, ok, 400, "replace"),
+        ("bad speaker id", "/enroll", {"speaker": " padded "}, ok, 400, "speaker id"),
+        ("enroll silence", "/enroll", {"speaker": "quiet"}, wav_bytes(np.zeros(32000, np.float32)), 422, "silent"),
+    ]
+
+
+def test_bad_input_gets_a_4xx_naming_the_problem(server: Server, speakers: list[Path]) -> None:
+    cases = bad_requests(speakers)
+    with server.client() as c:
+        for name, path, params, body, status, word in cases:
+            r = c.post(path, params=params, content=body)
+            assert r.status_code == status, (name, r.text)
+            assert word in r.json()["error"], (name, r.json())
+        assert c.get("/health").json()["count"] == 3  # nothing was enrolled by the bad requests
+    assert "Traceback" not in server.log.read_text()
+
+
+def test_body_limit_holds_while_streaming(server: Server) -> None:
+    """A chunked body (no Content-Length) is cut off once it passes the limit."""
+    def chunks() -> Iterator[bytes]:
+        for _ in range(int(MAX_BODY_MB * 16) + 8):
+            yield bytes(65536)
+
+    with server.client() as c:
+        r = c.post("/verify", params={"speaker": "x"}, content=chunks())
+    assert r.status_code == 413 and "too large" in r.json()["error"]
+
+
+def test_routes_methods_and_token(server: Server) -> None:
+    with server.client() as c:
+        assert c.get("/nowhere").status_code == 404 and "error" in c.get("/nowhere").json()
+        wrong = c.get("/verify")
+        assert wrong.status_code == 405 and "error" in wrong.json()
+    for token in (None, "wrong-token"):
+        with server.client(token) as c:
+            for r in (c.get("/health"), c.get("/speakers"), c.post("/verify", params={"speaker": "x"}, content=b"1")):
+                assert r.status_code == 401 and "token" in r.json()["error"]
+                assert r.headers["www-authenticate"] == "Bearer"
+
+
+def longest_number_run(value: object) -> int:
+    """The longest list of numbers anywhere inside a decoded JSON value."""
+    if isinstance(value, dict):
+        return max(map(longest_number_run, value.values()), default=0)
+    if isinstance(value, list):
+        numbers = len(value) if value and all(isinstance(v, (int, float)) for v in value) else 0
+        return max([numbers, *map(longest_number_run, value)])
+    return 0
+
+
+def test_no_voiceprint_or_embedding_in_responses_or_log(server: Server, speakers: list[Path]) -> None:
+    body = utterances(speakers[0])[7].read_bytes()
+    with server.client() as c:
+        answers = [c.post("/verify", params={"speaker": speakers[0].name}, content=body),
+                   c.post("/identify", params={"top": 3}, content=body), c.get("/health"), c.get("/speakers"),
+                   c.post("/enroll", params={"speaker": "leak-check"}, content=body),
+                   c.delete("/speakers/leak-check")]
+    assert all(r.status_code == 200 for r in answers)
+    assert max(longest_number_run(r.json()) for r in answers) < 16  # a 256-dim vector would be a run of 256
+    assert not re.search(r"(-?\d+\.\d+[,\s]+){16}", server.log.read_text())
+
+
+def test_concurrent_cli_enroll_loses_nothing(server: Server, model: Path, speakers: list[Path], tmp_path: Path) -> None:
+    """Service enrolls race a CLI enroll of other speakers into the same store: every speaker survives."""
+    root = tmp_path / "cli"
+    for d in speakers[4:6]:
+        (root / d.name).mkdir(parents=True)
+        for f in utterances(d)[:2]:
+            (root / d.name / f.name).symlink_to(f)
+    cli = subprocess.Popen([*CLI, "enroll", str(root), "--model", str(model), "--out", str(server.store)],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ids: list[str] = []
+    body = utterances(speakers[3])[0].read_bytes()
+    with server.client() as c:
+        deadline = time.monotonic() + 120
+        while (cli.poll() is None or len(ids) < 3) and time.monotonic() < deadline:
+            speaker = f"race-{len(ids)}"
+            r = c.post("/enroll", params={"speaker": speaker}, content=body)
+            assert r.status_code == 200, r.text
+            ids.append(speaker)
+        out, err = cli.communicate(timeout=60)
+        assert cli.returncode == 0, err
+        listed = set(c.get("/speakers").json()["speakers"])
+        expected = {d.name for d in speakers[:3]} | {d.name for d in speakers[4:6]} | set(ids)
+        assert listed == expected
+        assert set(VoiceprintStore.open(server.store).speakers) == expected
+        for speaker in [*ids, *(d.name for d in speakers[4:6])]:
+            assert c.delete(f"/speakers/{speaker}").status_code == 200
+
+
+def test_store_replaced_on_disk_is_served_without_restart(server: Server, model: Path, speakers: list[Path],
+                                                          tmp_path: Path) -> None:
+    other = tmp_path / "other.vxf"
+    enroll_store(model, speakers[3:5], other, tmp_path / "enroll")
+    before = server.store.read_bytes()
+    body = utterances(speakers[3])[6].read_bytes()
+    with server.client() as c:
+        assert c.post("/verify", params={"speaker": speakers[3].name}, content=body).status_code == 404
+        os.replace(other, server.store)  # what an atomic writer does
+        try:
+            assert c.get("/speakers").json()["speakers"] == [d.name for d in speakers[3:5]]
+            r = c.post("/verify", params={"speaker": speakers[3].name}, content=body)
+            assert r.status_code == 200 and r.json()["accepted"] is True
+            assert c.get("/health").json()["count"] == 2
+        finally:
+            restore = server.store.with_suffix(".restore")
+            restore.write_bytes(before)
+            os.replace(restore, server.store)
+        assert c.get("/health").json()["count"] == 3
+
+
+def test_workers_serve_the_same_store(model: Path, speakers: list[Path], server: Server, tmp_path: Path) -> None:
+    """--workers 2: two processes, each with the model and the store; no token file means no token needed."""
+    process, url = start_server("--store", server.store, "--model", model, "--workers", 2, "--threads", 1,
+                                log=tmp_path / "workers.log")
+    try:
+        with httpx.Client(base_url=url, timeout=60) as c:
+            body = utterances(speakers[0])[6].read_bytes()
+            with ThreadPoolExecutor(4) as pool:
+                rs = list(pool.map(lambda _: c.post("/verify", params={"speaker": speakers[0].name}, content=body),
+                                   range(8)))
+        assert all(r.status_code == 200 and r.json()["accepted"] for r in rs)
+        assert len({r.json()["score"] for r in rs}) == 1
+    finally:
+        stop(process)

@@ -1,0 +1,91 @@
+"""The OpenAPI 3.1 description of `voxfloat serve`, served at /openapi.json."""
+from __future__ import annotations
+
+from typing import Any
+
+from voxfloat import __version__
+
+ERROR = {"$ref": "#/components/schemas/Error"}
+AUDIO_BODY = {
+    "required": True,
+    "description": "The audio file itself as the raw body (WAV, FLAC, OGG, MP3, ... any type `voxfloat verify` "
+                   "reads, any sample rate); its size is limited by --max-body-mb and its length by the CLI's cap.",
+    "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                "audio/*": {"schema": {"type": "string", "format": "binary"}}},
+}
+SPEAKER_QUERY = {"name": "speaker", "in": "query", "required": True, "schema": {"type": "string"},
+                 "description": "Speaker id."}
+ERRORS = {
+    "400": "Bad parameter (speaker id, top, replace), bad Content-Length or empty body.",
+    "401": "Missing or wrong bearer token (only with --token-file).",
+    "404": "Unknown speaker.",
+    "409": "The store cannot answer it (no speakers enrolled, no threshold).",
+    "413": "Body larger than --max-body-mb.",
+    "422": "Audio that is unreadable, too short, silent or too long.",
+}
+
+
+def obj(**props: Any) -> dict:
+    """A JSON object schema whose listed properties are all required."""
+    return {"type": "object", "properties": props, "required": list(props)}
+
+
+def op(summary: str, ok: dict, errors: str, *, body: bool = False, params: tuple = ()) -> dict:
+    """One operation: its summary, 200 schema, the error statuses it can give, audio body and parameters."""
+    responses = {"200": {"description": "OK", "content": {"application/json": {"schema": ok}}}}
+    for code in errors.split():
+        responses[code] = {"description": ERRORS[code], "content": {"application/json": {"schema": ERROR}}}
+    operation: dict = {"summary": summary, "parameters": list(params), "responses": responses,
+                       "security": [{}, {"bearer": []}]}
+    if body:
+        operation["requestBody"] = AUDIO_BODY
+    return operation
+
+
+NUMBER, STRING, BOOLEAN, INTEGER = {"type": "number"}, {"type": "string"}, {"type": "boolean"}, {"type": "integer"}
+NULLABLE_NUMBER, NULLABLE_STRING = {"type": ["number", "null"]}, {"type": ["string", "null"]}
+
+OPENAPI: dict = {
+    "openapi": "3.1.0",
+    "info": {"title": "voxfloat serve", "version": __version__,
+             "description": "Speaker verification over HTTP: one model and one voiceprint store, loaded once."},
+    "paths": {
+        "/verify": {"post": op(
+            "Score the body's audio against one enrolled speaker and accept or reject at the store's threshold.",
+            obj(speaker=STRING, score=NUMBER, threshold=NUMBER, threshold_source=STRING, format=STRING,
+                accepted=BOOLEAN),
+            "400 401 404 409 413 422", body=True, params=(SPEAKER_QUERY,))},
+        "/identify": {"post": op(
+            "The enrolled speakers closest to the body's audio; decision is null below the threshold.",
+            obj(candidates={"type": "array", "items": obj(speaker=STRING, score=NUMBER)},
+                decision=NULLABLE_STRING, threshold=NULLABLE_NUMBER, threshold_source=STRING, format=STRING),
+            "400 401 409 413 422", body=True,
+            params=({"name": "top", "in": "query", "required": False,
+                     "schema": {"type": "integer", "minimum": 1, "default": 1},
+                     "description": "How many candidates to list."},))},
+        "/enroll": {"post": op(
+            "Add the body's utterance to a speaker's voiceprint (created if new), written atomically under "
+            "the store's lock.",
+            {"type": "object", "properties": {"speaker": STRING, "replaced": BOOLEAN, "speakers_in_store": INTEGER},
+             "required": ["speaker", "replaced", "speakers_in_store"]},
+            "400 401 409 413 422", body=True,
+            params=(SPEAKER_QUERY, {"name": "replace", "in": "query", "required": False,
+                                    "schema": {"type": "boolean", "default": False},
+                                    "description": "Start the voiceprint anew from this utterance."}))},
+        "/speakers": {"get": op("The enrolled speaker ids.",
+                                obj(speakers={"type": "array", "items": STRING}, count=INTEGER), "401")},
+        "/speakers/{speaker}": {"delete": op(
+            "Delete one speaker's voiceprint.", obj(removed=STRING, speakers_in_store=INTEGER), "401 404",
+            params=({"name": "speaker", "in": "path", "required": True, "schema": STRING},))},
+        "/health": {"get": op(
+            "Model, device, store format, speaker count and threshold.",
+            {"type": "object", "properties": {"status": STRING, "model": STRING, "device": STRING, "format": STRING,
+                                              "count": INTEGER, "threshold": NULLABLE_NUMBER}},
+            "401")},
+    },
+    "components": {
+        "schemas": {"Error": obj(error=STRING)},
+        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                                       "description": "Required when the server was started with --token-file."}},
+    },
+}

@@ -1,0 +1,294 @@
+"""`voxfloat serve`: a resident HTTP service (Starlette on uvicorn) over one Verifier per worker process.
+
+The model and the store load once per worker; audio arrives as the raw request body and is decoded from
+memory. Inference runs in a worker thread, one request at a time per process (the ONNX session and the
+store view are used by one thread at a time), so the event loop keeps accepting, reading bodies and
+answering errors while a verify runs. Every failure a client can cause is a 4xx with {"error": "..."}.
+"""
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import uvicorn
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from voxfloat.api import Verifier
+from voxfloat.errors import VoxfloatError
+from voxfloat.openapi import OPENAPI
+from voxfloat.runtime import AudioError, ModelError
+from voxfloat.store import StoreError, check_speaker_id
+
+log = logging.getLogger("voxfloat.serve")
+
+CONFIG_ENV = "VOXFLOAT_SERVE_CONFIG"  # how `--workers N` hands the configuration to each worker process
+DEFAULT_MAX_BODY_MB = 25.0            # a 60 s stereo 48 kHz float WAV is 23 MB; encoded types are far smaller
+DRAIN_FACTOR = 4                      # an oversized body is read and dropped up to this many times the limit
+MAX_TOP = 1000
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """What every worker needs to build the same service (JSON-serialisable for `--workers N`)."""
+
+    store: str
+    model: str | None = None
+    device: str = "auto"
+    threads: int = 1   # one request at a time per worker: more intra-op threads mostly spin on a shared box
+    token_file: str | None = None
+    max_body_mb: float = DEFAULT_MAX_BODY_MB
+
+
+class ApiError(Exception):
+    """A request the service refuses: HTTP status and a one-line message for {"error": ...}."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def read_token(path: str | os.PathLike) -> str:
+    """The bearer token in `path` (surrounding whitespace dropped); ValueError if unreadable or empty."""
+    try:
+        token = Path(path).read_text().strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: cannot read the token file ({e})") from None
+    if not token or any(c.isspace() for c in token):
+        raise ValueError(f"{path}: the token file must hold one token (no spaces)")
+    return token
+
+
+class BearerAuth:
+    """ASGI middleware: every HTTP request needs `Authorization: Bearer <token>` (compared in constant time)."""
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self.app, self.expected = app, f"Bearer {token}".encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            given = dict(scope["headers"]).get(b"authorization", b"")
+            if not hmac.compare_digest(given, self.expected):
+                response = JSONResponse({"error": "missing or wrong bearer token (Authorization: Bearer ...)"},
+                                        status_code=401, headers={"WWW-Authenticate": "Bearer"})
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def error_status(error: VoxfloatError) -> int:
+    """The HTTP status for one of the package's errors met while serving a request."""
+    if isinstance(error, (AudioError, ModelError)):
+        return 422   # the body is not usable speech (unreadable, too short, silent, too long) or the graph refused it
+    if isinstance(error, StoreError):
+        return 409   # the request conflicts with the store's state (no speakers, no threshold)
+    return 400       # UsageError: a bad argument
+
+
+class Service:
+    """The routes over one Verifier; every Verifier call runs in a thread, one at a time."""
+
+    def __init__(self, config: ServeConfig, verifier: Verifier) -> None:
+        self.config, self.verifier = config, verifier
+        self.max_body = int(config.max_body_mb * 2**20)
+        self.limiter: anyio.CapacityLimiter | None = None  # created inside the event loop
+
+    async def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run a Verifier call in the thread pool, serialised; the package's errors become ApiErrors."""
+        if self.limiter is None:
+            self.limiter = anyio.CapacityLimiter(1)
+
+        def run() -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except VoxfloatError as e:
+                raise ApiError(error_status(e), str(e)) from None
+
+        return await anyio.to_thread.run_sync(run, limiter=self.limiter)
+
+    async def body(self, request: Request) -> bytes:
+        """The request body, never held beyond the size limit (checked against Content-Length and while streaming).
+
+        A body over the limit is read on and dropped, up to DRAIN_FACTOR times the limit, so that the client,
+        still sending, gets the 413 rather than a reset connection.
+        """
+        declared = request.headers.get("content-length")
+        if declared is not None and not declared.isdigit():
+            raise ApiError(400, f"bad Content-Length header {declared[:40]!r}")
+        too_large = declared is not None and int(declared) > self.max_body
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            too_large = too_large or size > self.max_body
+            if not too_large:
+                chunks.append(chunk)
+            elif size > DRAIN_FACTOR * self.max_body:
+                break
+        if too_large:
+            raise ApiError(413, f"request body too large: {max(size, int(declared or 0)) / 2**20:.1f} MB or more, "
+                                f"the limit is {self.max_body / 2**20:g} MB (--max-body-mb)")
+        if size == 0:
+            raise ApiError(400, "empty request body: send the audio file itself as the body")
+        return b"".join(chunks)
+
+    def known(self, speaker: str) -> None:
+        """404 unless `speaker` is enrolled (called inside the serialised thread)."""
+        if speaker not in self.verifier.speakers():
+            raise ApiError(404, f"no speaker {speaker!r} enrolled in {self.config.store}")
+
+    # -- routes ------------------------------------------------------------------------------------
+
+    async def verify(self, request: Request) -> JSONResponse:
+        speaker = speaker_param(request)
+        audio = await self.body(request)
+
+        def work() -> dict:
+            self.known(speaker)
+            return self.verifier.verify(audio, speaker).as_dict()
+
+        d = await self.call(work)
+        return JSONResponse({k: d[k] for k in ("speaker", "score", "threshold", "threshold_source", "format",
+                                               "accepted")})
+
+    async def identify(self, request: Request) -> JSONResponse:
+        top = int_param(request, "top", 1, 1, MAX_TOP)
+        audio = await self.body(request)
+
+        found = await self.call(self.verifier.identify, audio, top=top)
+        return JSONResponse({"candidates": [{"speaker": s, "score": round(v, 6)} for s, v in found.candidates],
+                             "decision": found.decision, "threshold": found.threshold,
+                             "threshold_source": found.threshold_source, "format": found.format})
+
+    async def enroll(self, request: Request) -> JSONResponse:
+        speaker = speaker_param(request)
+        try:
+            check_speaker_id(speaker)
+        except StoreError as e:
+            raise ApiError(400, str(e)) from None
+        replace = bool_param(request, "replace")
+        audio = await self.body(request)
+        report = await self.call(self.verifier.enroll, speaker, [audio], replace=replace, extend=True)
+        if not report.enrolled:
+            raise ApiError(422, report.bad_files[0] if report.bad_files else f"{speaker}: nothing enrolled")
+        return JSONResponse({"speaker": speaker, "utterances": report.enrolled[0][1], "replaced": replace,
+                             "speakers_in_store": report.speakers_in_store})
+
+    async def remove(self, request: Request) -> JSONResponse:
+        speaker = request.path_params["speaker"]
+
+        def work() -> dict:
+            self.known(speaker)
+            self.verifier.remove(speaker)
+            return {"removed": speaker, "speakers_in_store": len(self.verifier.speakers())}
+
+        return JSONResponse(await self.call(work))
+
+    async def speakers(self, request: Request) -> JSONResponse:
+        ids = await self.call(self.verifier.speakers)
+        return JSONResponse({"speakers": ids, "count": len(ids)})
+
+    async def health(self, request: Request) -> JSONResponse:
+        info = await self.call(self.verifier.info)
+        return JSONResponse({"status": "ok", **info})
+
+    async def openapi(self, request: Request) -> JSONResponse:
+        return JSONResponse(OPENAPI)
+
+
+def speaker_param(request: Request) -> str:
+    """The required `speaker` query parameter."""
+    speaker = request.query_params.get("speaker", "")
+    if not speaker.strip():
+        raise ApiError(400, "missing query parameter speaker (the speaker id)")
+    return speaker
+
+
+def int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
+    """An optional integer query parameter in [low, high]."""
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(400, f"query parameter {name} must be an integer, got {raw[:40]!r}") from None
+    if not low <= value <= high:
+        raise ApiError(400, f"query parameter {name} must be in {low}..{high}, got {value}")
+    return value
+
+
+def bool_param(request: Request, name: str) -> bool:
+    """An optional true/false query parameter (false when absent)."""
+    raw = request.query_params.get(name, "false").lower()
+    if raw not in ("true", "false", "1", "0"):
+        raise ApiError(400, f"query parameter {name} must be true or false, got {raw[:40]!r}")
+    return raw in ("true", "1")
+
+
+async def api_error(request: Request, exc: Exception) -> JSONResponse:
+    """A refused request as {"error": ...} with its status."""
+    assert isinstance(exc, ApiError)
+    return JSONResponse({"error": str(exc)}, status_code=exc.status)
+
+
+async def http_error(request: Request, exc: Exception) -> JSONResponse:
+    """Starlette's own 404 (no such route) and 405 (wrong method) as JSON."""
+    assert isinstance(exc, HTTPException)
+    return JSONResponse({"error": f"{exc.detail}: {request.method} {request.url.path}"}, status_code=exc.status_code,
+                        headers=exc.headers)
+
+
+async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+    """A fault of the service itself (uvicorn logs its traceback): still JSON, never a stack trace on the wire."""
+    return JSONResponse({"error": f"internal error ({type(exc).__name__}); the server log has the details"},
+                        status_code=500)
+
+
+def create_app(config: ServeConfig) -> ASGIApp:
+    """Load the model and the store once and return the ASGI application (bearer check outermost)."""
+    verifier = Verifier(config.store, config.model, device=config.device, threads=config.threads)
+    verifier.info()  # load the model and open the store now (checking that they belong together), not on a request
+    service = Service(config, verifier)
+    routes = [
+        Route("/verify", service.verify, methods=["POST"]),
+        Route("/identify", service.identify, methods=["POST"]),
+        Route("/enroll", service.enroll, methods=["POST"]),
+        Route("/speakers", service.speakers, methods=["GET"]),
+        Route("/speakers/{speaker:path}", service.remove, methods=["DELETE"]),
+        Route("/health", service.health, methods=["GET"]),
+        Route("/openapi.json", service.openapi, methods=["GET"]),
+    ]
+    handlers: dict[Any, Callable[[Request, Exception], Awaitable[JSONResponse]]] = {
+        ApiError: api_error, HTTPException: http_error, Exception: internal_error}
+    app: ASGIApp = Starlette(routes=routes, exception_handlers=handlers)
+    if config.token_file:
+        app = BearerAuth(app, read_token(config.token_file))
+    return app
+
+
+def app_from_env() -> ASGIApp:
+    """uvicorn's factory in each worker process of `--workers N`: the configuration comes from the environment."""
+    return create_app(ServeConfig(**json.loads(os.environ[CONFIG_ENV])))
+
+
+def serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8080, workers: int = 1) -> None:
+    """Run the service until interrupted; the model, store and token are checked before the port is bound."""
+    app = create_app(config)
+    if workers == 1:
+        uvicorn.run(app, host=host, port=port, log_level="info")
+        return
+    del app  # each worker loads its own copy; this one only proved that loading works
+    os.environ[CONFIG_ENV] = json.dumps(asdict(config))
+    uvicorn.run("voxfloat.serve:app_from_env", factory=True, host=host, port=port, workers=workers,
+                log_level="info")
