@@ -55,7 +55,8 @@ def load_checkpoint(path: str | os.PathLike) -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types here: pickle, zip, unsupported global
-        raise ExportError(f"{path}: not a loadable PyTorch checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+        first = (str(e).strip().splitlines() or [""])[0]  # torch raises some errors with an empty message
+        raise ExportError(f"{path}: not a loadable PyTorch checkpoint ({type(e).__name__}{': ' + first if first else ''})") from None
 
 
 def check_state_dict(path: str | os.PathLike, state: Mapping[str, torch.Tensor], model: nn.Module,
@@ -145,8 +146,11 @@ def write_onnx(model: nn.Module, example: torch.Tensor, out: str | os.PathLike, 
 
     out = Path(out)
     model = model.eval()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=out.name + ".", suffix=".tmp", dir=out.parent)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=out.name + ".", suffix=".tmp", dir=out.parent)
+    except OSError as e:
+        raise ExportError(f"{out}: cannot write: {e.strerror}") from None
     os.close(fd)
     try:
         with torch.no_grad(), warnings.catch_warnings():
@@ -177,6 +181,8 @@ def write_onnx(model: nn.Module, example: torch.Tensor, out: str | os.PathLike, 
         if not np.all(cos >= 0.9999):
             raise ExportError(f"{out}: ONNX Runtime disagrees with PyTorch (cosine {cos.min():.6f})")
         os.replace(tmp, out)
+    except OSError as e:  # full disk, read-only folder, `out` a directory
+        raise ExportError(f"{out}: cannot write: {e.strerror}") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 _WHERE = {
     "ModelCard": "card", "INPUT_NAME": "card", "OUTPUT_NAME": "card",
     "AudioError": "audio", "load_audio": "audio",
-    "ModelError": "session", "read_card": "session", "make_session": "session",
+    "ModelError": "card", "read_card": "session", "make_session": "session",
     "SpeakerEncoder": "encoder", "EmbedResult": "encoder",
 }
 __all__ = ["AudioError", "EmbedResult", "INPUT_NAME", "ModelCard", "ModelError", "OUTPUT_NAME",
@@ -19,9 +19,9 @@ __all__ = ["AudioError", "EmbedResult", "INPUT_NAME", "ModelCard", "ModelError",
 
 if TYPE_CHECKING:
     from voxfloat.runtime.audio import AudioError, load_audio
-    from voxfloat.runtime.card import INPUT_NAME, OUTPUT_NAME, ModelCard
+    from voxfloat.runtime.card import INPUT_NAME, OUTPUT_NAME, ModelCard, ModelError
     from voxfloat.runtime.encoder import EmbedResult, SpeakerEncoder
-    from voxfloat.runtime.session import ModelError, make_session, read_card
+    from voxfloat.runtime.session import make_session, read_card
 
 
 def __getattr__(name: str) -> Any:

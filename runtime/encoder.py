@@ -6,9 +6,10 @@ import queue
 import threading
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
-from contextlib import closing
+from contextlib import closing, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnxruntime as ort
@@ -16,7 +17,11 @@ import onnxruntime as ort
 from voxfloat.errors import UsageError
 from voxfloat.runtime.audio import AudioError, load_audio
 from voxfloat.runtime.card import INPUT_NAME, OUTPUT_NAME
-from voxfloat.runtime.session import ModelError, card_from_metadata, check_io, make_session, one_line
+from voxfloat.runtime.limits import DEFAULT_MAX_SECONDS
+from voxfloat.runtime.session import ModelError, check_io, make_session, one_line, read_card
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 PathLike = str | os.PathLike
 
@@ -38,11 +43,19 @@ class SpeakerEncoder:
     """
 
     def __init__(self, model_path: PathLike, device: str = "auto", threads: int = 0, batch_size: int = 16,
-                 device_id: int = 0, io_binding: bool | None = None):
+                 device_id: int = 0, io_binding: bool | None = None, max_seconds: float = DEFAULT_MAX_SECONDS):
         self.path = Path(model_path)
+        self.card = read_card(self.path)  # metadata checked, fingerprint computed from the graph itself
+        if self.card.quantization:  # a quantized child: its graph must be the one its parity was measured on
+            from voxfloat.runtime.quantize import check_recorded_fingerprint
+            check_recorded_fingerprint(self.path, self.card)
         self.session, self.device = make_session(self.path, device, threads, device_id)
         check_io(self.path, self.session)
-        self.card = card_from_metadata(self.path, self.session.get_modelmeta().custom_metadata_map)
+        out_dim = next(o.shape for o in self.session.get_outputs() if o.name == OUTPUT_NAME)[-1]
+        if isinstance(out_dim, int) and out_dim != self.card.embedding_dim:
+            raise ModelError(f"{self.path}: the graph gives {out_dim}-dim embeddings, its metadata says "
+                             f"{self.card.embedding_dim}")
+        self.max_seconds = float(max_seconds)
         self.providers: list[str] = self.session.get_providers()
         self.batch_size = max(1, int(batch_size))
         self._device_id = device_id
@@ -53,10 +66,16 @@ class SpeakerEncoder:
         """One session run on a (B, T) float32 batch; (B, D) float32."""
         try:
             if self._bind_device:
-                return self._run_bound(batch, self._bind_device)
-            return self.session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
+                out = self._run_bound(batch, self._bind_device)
+            else:
+                out = self.session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
         except Exception as e:  # onnxruntime's Fail / RuntimeException on shapes the graph cannot take
             raise ModelError(f"{self.path}: inference failed on input {list(batch.shape)} ({one_line(e)})") from None
+        want = (batch.shape[0], self.card.embedding_dim)
+        if not isinstance(out, np.ndarray) or out.shape != want:
+            raise ModelError(f"{self.path}: the model gave output of shape {list(np.shape(out))} for input "
+                             f"{list(batch.shape)}; its metadata promises {list(want)}")
+        return out.astype(np.float32, copy=False)
 
     def _run_bound(self, batch: np.ndarray, device: str) -> np.ndarray:
         """Run with input and output as OrtValues on `device`: one copy in, one copy out, no staging."""
@@ -74,7 +93,18 @@ class SpeakerEncoder:
         return self.embed_batch([wave])[0]
 
     def embed_batch(self, waves: Sequence[np.ndarray]) -> np.ndarray:
-        """Embeddings (N, D) in input order; equal-length inputs share runs of up to batch_size."""
+        """Embeddings (N, D) in input order; equal-length inputs share runs of up to batch_size.
+
+        A non-finite embedding (NaN or inf) is a ModelError, never returned.
+        """
+        rows, problems = self.embed_rows(waves)
+        for i, problem in enumerate(problems):
+            if problem:
+                raise ModelError(f"{self.path}: waveform {i}: {problem}")
+        return rows
+
+    def embed_rows(self, waves: Sequence[np.ndarray]) -> tuple[np.ndarray, list[str | None]]:
+        """embed_batch without raising for bad rows: (N, D) embeddings and, per row, None or what is wrong with it."""
         arrays = [np.ascontiguousarray(w, dtype=np.float32) for w in waves]
         for i, w in enumerate(arrays):
             if w.ndim != 1 or w.size == 0:
@@ -87,13 +117,14 @@ class SpeakerEncoder:
             for start in range(0, len(idx), self.batch_size):
                 chunk = idx[start:start + self.batch_size]
                 out[chunk] = self._run(np.stack([arrays[i] for i in chunk]))
-        return out
+        finite = np.isfinite(out).all(axis=1)
+        return out, [None if ok else "the model gave a non-finite embedding (NaN or inf)" for ok in finite]
 
     def _decoded(self, paths: Sequence[PathLike]) -> Iterator[tuple[PathLike, np.ndarray | str]]:
         """Yield (path, waveform or error line) in order, decoding in a background thread."""
         q: queue.Queue = queue.Queue(maxsize=2 * self.batch_size)
         stop = threading.Event()
-        sr, min_s = self.card.sample_rate, self.card.min_seconds
+        sr, min_s, max_s = self.card.sample_rate, self.card.min_seconds, self.max_seconds
 
         def put(item: object) -> bool:
             while not stop.is_set():
@@ -108,7 +139,7 @@ class SpeakerEncoder:
             try:
                 for p in paths:
                     try:
-                        item: np.ndarray | str = load_audio(p, sr, min_s)
+                        item: np.ndarray | str = load_audio(p, sr, min_s, max_s)
                     except AudioError as e:
                         item = str(e)
                     if not put((p, item)):
@@ -130,8 +161,6 @@ class SpeakerEncoder:
 
     def embed_files(self, paths: Sequence[PathLike], progress: bool = False) -> EmbedResult:
         """Embed audio files; bad files are listed in .errors and skipped, the rest embedded in order."""
-        from tqdm import tqdm
-
         paths = list(paths)
         rows: list[np.ndarray] = []
         result = EmbedResult(np.empty((0, self.card.embedding_dim), np.float32))
@@ -139,12 +168,14 @@ class SpeakerEncoder:
 
         def flush() -> None:
             if pending:
-                rows.append(self.embed_batch([w for _, w in pending]))
-                result.paths_ok.extend(p for p, _ in pending)
+                embedded, problems = self.embed_rows([w for _, w in pending])
+                good = [i for i, problem in enumerate(problems) if problem is None]
+                rows.append(embedded[good])
+                result.paths_ok.extend(pending[i][0] for i in good)
+                result.errors.extend((p, f"{p}: {problem}") for (p, _), problem in zip(pending, problems) if problem)
                 pending.clear()
 
-        with tqdm(total=len(paths), unit="file", desc="embedding", disable=not progress) as bar, \
-                closing(self._decoded(paths)) as items:
+        with _progress_bar(len(paths)) if progress else nullcontext() as bar, closing(self._decoded(paths)) as items:
             for p, item in items:
                 if isinstance(item, str):
                     result.errors.append((p, item))
@@ -152,8 +183,16 @@ class SpeakerEncoder:
                     pending.append((p, item))
                     if len(pending) >= self.batch_size:
                         flush()
-                bar.update(1)
+                if bar is not None:
+                    bar.update(1)
             flush()
         if rows:
             result.embeddings = np.concatenate(rows)
         return result
+
+
+def _progress_bar(total: int) -> tqdm:
+    """A tqdm bar on stderr (tqdm is imported only when a bar is shown: its import costs ~0.1 s)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="file", desc="embedding")

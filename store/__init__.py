@@ -1,7 +1,25 @@
 """Compact voiceprint stores: minifloat codecs (ml_dtypes rounding), packed .vxf files and cosine scoring."""
-from voxfloat.store.codec import SCALE_MODES, Codec
+import importlib.util
+import sys
+
+
+def _lazy_kernels():
+    """voxfloat.store.kernels as a module that imports numba and loads its compiled loops on first use only:
+    opening a store and 1:1 scoring (numpy) never wait for them."""
+    name = f"{__name__}.kernels"
+    spec = importlib.util.find_spec(name)
+    spec.loader = importlib.util.LazyLoader(spec.loader)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+kernels = _lazy_kernels()
+
+from voxfloat.store.codec import SCALE_MODES, Codec  # noqa: E402  (after the lazy kernels they import)
 from voxfloat.store.errors import StoreError
 from voxfloat.store.formats import FORMATS, Format, get_format
-from voxfloat.store.store import VoiceprintStore
+from voxfloat.store.store import VoiceprintStore, check_speaker_id
 
-__all__ = ["FORMATS", "SCALE_MODES", "Codec", "Format", "StoreError", "VoiceprintStore", "get_format"]
+__all__ = ["FORMATS", "SCALE_MODES", "Codec", "Format", "StoreError", "VoiceprintStore", "check_speaker_id", "get_format"]

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 import ml_dtypes
 import numpy as np
 
+from voxfloat.store.errors import StoreError
+
 # Scaling an embedding to a wide format's F_max (bf16: 3.4e38) would overflow float32 dot
 # products, so the scale target is capped at float16's F_max: 512 * 65504**2 is still finite.
 SCALE_CAP = 65504.0
@@ -63,7 +65,6 @@ FORMATS: dict[str, Format] = {
 
 def get_format(name: str) -> Format:
     """Look a format up by name, with an error that lists the valid names."""
-    try:
-        return FORMATS[name]
-    except KeyError:
-        raise ValueError(f"unknown format {name!r}; choose one of {', '.join(FORMATS)}") from None
+    if not isinstance(name, str) or name not in FORMATS:
+        raise StoreError(f"unknown format {name!r}; choose one of {', '.join(FORMATS)}")
+    return FORMATS[name]

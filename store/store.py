@@ -17,9 +17,9 @@ from voxfloat.store import kernels, vxf
 from voxfloat.store.codec import SCALE_MODES, Codec
 from voxfloat.store.errors import StoreError
 from voxfloat.store.formats import FORMATS
+from voxfloat.store.vxf import ENROLLMENT, check_speaker_id
 
-ENROLLMENT = "normalised-mean"
-MAX_ID_BYTES = 256
+CHILD_MIN_COSINE = 0.99  # a quantized child of the store's model is accepted at this recorded mean cosine to it
 CREATE_ARGS = {"fmt", "scale", "dim", "model", "thresholds"}
 
 
@@ -54,6 +54,7 @@ class VoiceprintStore:
         self._inv_norms: np.ndarray | None = None
         self._writable = writable
         self._crc32, self._file_size, self._version = crc32, file_size, version
+        self._dirty = False  # set by every change; an edit that changes nothing leaves the file as it was
 
     # -- opening, creating, editing ------------------------------------------------------------------
 
@@ -92,6 +93,9 @@ class VoiceprintStore:
         header = {"format": fmt, "scale": scale, "dim": dim, "count": 0, "row_bytes": codec.row_bytes(dim),
                   "model": model, "thresholds": {}, "threshold_source": None, "enrollment": ENROLLMENT,
                   "created": now, "updated": now}
+        problem = vxf.check_header(header, written=False)  # never write what a reader would refuse
+        if problem:
+            raise StoreError(f"{path}: {problem}")
         store = cls(path, header, np.zeros((0, codec.row_bytes(dim)), np.uint8), np.zeros(0, np.uint32), [],
                     None, writable=True)
         if thresholds:
@@ -127,7 +131,8 @@ class VoiceprintStore:
             else:
                 raise StoreError(f"{path}: no such voiceprint store (give fmt, scale, dim and model to create one)")
             yield store
-            store._write()
+            if store._dirty or not path.exists():
+                store._write()
             store._writable = False
 
     def _editable(self) -> "VoiceprintStore":
@@ -195,6 +200,11 @@ class VoiceprintStore:
         return self._header["thresholds"].get(self.format)
 
     @property
+    def threshold_source(self) -> str | None:
+        """Where the thresholds came from (model default, calibration), if any were set."""
+        return self._header.get("threshold_source")
+
+    @property
     def speakers(self) -> list[str]:
         """Speaker ids in row order (parsed from the map on first use)."""
         if self._ids is None:
@@ -236,12 +246,22 @@ class VoiceprintStore:
 
     # -- checks --------------------------------------------------------------------------------------
 
-    def check_model(self, fingerprint: str) -> None:
-        """Refuse embeddings from any model but the one this store was built with."""
+    def check_model(self, fingerprint: str, quantization: dict | None = None) -> str:
+        """Refuse embeddings from any model but the one this store was built with, or a quantized child of it
+        (card.quantization) whose recorded parity is at least CHILD_MIN_COSINE; returns a line saying so for a child."""
         have = str(self.model["fingerprint"])
-        if fingerprint != have:
-            raise StoreError(f"{self.path}: built with model {self.model['arch']} {have[:12]}, not "
-                             f"{fingerprint[:12]}; enroll again with this model or use the matching one")
+        if fingerprint == have:
+            return ""
+        q = quantization or {}
+        mean = (q.get("parity") or {}).get("mean")
+        child = f"{q.get('weights')} child {fingerprint[:12]} of model {have[:12]}"
+        if q.get("parent_fingerprint") == have and isinstance(mean, (int, float)):
+            if mean >= CHILD_MIN_COSINE:
+                return f"{self.path}: accepting {child}: its recorded parity, mean cosine {mean:.4f}, is >= {CHILD_MIN_COSINE}"
+            raise StoreError(f"{self.path}: refusing {child}: its recorded parity, mean cosine {mean:.4f}, is below "
+                             f"{CHILD_MIN_COSINE}; enroll again with it or use the parent")
+        raise StoreError(f"{self.path}: built with model {self.model['arch']} {have[:12]}, not "
+                         f"{fingerprint[:12]}; enroll again with this model or use the matching one")
 
     def _check_embeddings(self, E: np.ndarray, what: str, finite: bool = True) -> np.ndarray:
         """(k, dim) float32 view of E; `finite` also rejects NaN/inf (the encoder does that itself)."""
@@ -253,19 +273,6 @@ class VoiceprintStore:
         if finite and not np.isfinite(E).all():
             raise StoreError(f"{self.path}: {what} contains NaN or inf")
         return E
-
-    def _check_id(self, speaker_id: object) -> str:
-        if not isinstance(speaker_id, str) or not speaker_id or not speaker_id.isprintable() \
-                or speaker_id != speaker_id.strip():
-            raise StoreError(f"{self.path}: bad speaker id {speaker_id!r}: use printable text without "
-                             "surrounding spaces")
-        try:
-            size = len(speaker_id.encode("utf-8"))
-        except UnicodeEncodeError:
-            raise StoreError(f"{self.path}: bad speaker id {speaker_id!r}: not valid Unicode text") from None
-        if size > MAX_ID_BYTES:
-            raise StoreError(f"{self.path}: speaker id of {size} bytes, the limit is {MAX_ID_BYTES}")
-        return speaker_id
 
     def _need_writable(self) -> None:
         if not self._writable:
@@ -285,6 +292,29 @@ class VoiceprintStore:
         voiceprint = (mean / norm * np.linalg.norm(E, axis=1).mean()).astype(np.float32)
         self._put([speaker_id], voiceprint[None, :], np.array([len(E)], np.uint32), replace)
 
+    def extend(self, speaker_id: str, embeddings: np.ndarray) -> None:
+        """Add (k, dim) utterance embeddings to a speaker's voiceprint (a new speaker is enrolled as by `add`).
+
+        The stored voiceprint counts as its n earlier utterances, all pointing its way: the new one is the
+        normalised mean of n times its direction and the k new unit embeddings, at their n-weighted mean norm.
+        """
+        self._need_writable()
+        if speaker_id not in self:
+            self.add(speaker_id, embeddings)
+            return
+        i = self._row_of(speaker_id)
+        E = self._check_embeddings(embeddings, f"embeddings for {speaker_id!r}")
+        n = int(self._nutt[i])
+        rows = np.concatenate([self.codec.decode(self._rows[i:i + 1], self.dim), E]).astype(np.float64)
+        weights = np.concatenate([[float(n)], np.ones(len(E))])
+        norms = np.linalg.norm(rows, axis=1)
+        mean = weights @ (rows / norms.clip(min=np.finfo(np.float32).tiny)[:, None])
+        length = np.linalg.norm(mean)
+        if not length > 0:
+            raise StoreError(f"{self.path}: embeddings for {speaker_id!r} cancel its voiceprint out")
+        voiceprint = (mean / length * (weights @ norms) / weights.sum()).astype(np.float32)
+        self._put([speaker_id], voiceprint[None, :], np.array([n + len(E)], np.uint32), replace=True)
+
     def add_many(self, speaker_ids: Sequence[str], embeddings: np.ndarray, replace: bool = False) -> None:
         """Enroll many speakers from one embedding each (row i belongs to speaker_ids[i])."""
         self._need_writable()
@@ -298,7 +328,7 @@ class VoiceprintStore:
         pos = self._positions()
         seen: set[str] = set()
         for s in ids:
-            self._check_id(s)
+            check_speaker_id(s, self.path)
             if s in seen:
                 raise StoreError(f"{self.path}: speaker {s!r} is given twice")
             if s in pos and not replace:
@@ -338,7 +368,7 @@ class VoiceprintStore:
         pos.update(zip(ids, range(n, n + len(ids))))
         self.speakers.extend(ids)
         self._n += len(ids)
-        self._inv_norms = None
+        self._inv_norms, self._dirty = None, True
 
     def _grow(self, extra: int) -> None:
         """Make room for `extra` more rows (capacity doubles, so many single adds stay linear)."""
@@ -361,12 +391,13 @@ class VoiceprintStore:
         self._nutt[i:n - 1] = self._nutt[i + 1:n].copy()
         del self.speakers[i]
         self._n -= 1
-        self._index, self._inv_norms = None, None
+        self._index, self._inv_norms, self._dirty = None, None, True
 
     def set_thresholds(self, thresholds: dict[str, float], source: str | None, *, replace: bool = False) -> None:
         """Record calibrated cosine thresholds per format and where they came from (merged into the existing
         ones; `replace` drops those first, so an empty dict leaves the store on the model's default)."""
         self._need_writable()
+        self._dirty = True
         if replace:
             self._header["thresholds"], self._header["threshold_source"] = {}, None
         clean = {}
@@ -392,10 +423,15 @@ class VoiceprintStore:
         return self._inv_norms
 
     def score(self, query: np.ndarray, speaker_id: str) -> float:
-        """Cosine of one (dim,) query embedding against one enrolled speaker (1:1 verification)."""
-        i = self._row_of(speaker_id)
+        """Cosine of one (dim,) or (1, dim) query embedding against one enrolled speaker (1:1 verification).
+
+        Several queries are refused (use identify or score_pairs) rather than silently scoring the first.
+        """
         q = self._check_embeddings(query, "query")
-        return float(self.codec.cosine(self._rows[i:i + 1], self.dim, q[:1])[0, 0])
+        if len(q) != 1:
+            raise StoreError(f"{self.path}: score takes one query embedding, got {len(q)}; "
+                             "use score_pairs or identify for several")
+        return float(self.score_pairs([speaker_id], q)[0])  # one row decodes in numpy: no compiled kernels to load
 
     def identify(self, queries: np.ndarray, top_k: int = 5) -> list[list[tuple[str, float]]]:
         """Top-k (speaker id, cosine) per (q, dim) query, best first (1:N identification)."""

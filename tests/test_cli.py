@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from onnx import numpy_helper
 import soundfile as sf
 from click.testing import Result
 from typer.testing import CliRunner
@@ -105,18 +106,26 @@ def test_enroll_from_csv_adds_to_an_existing_store(model: Path, speakers, tmp_pa
 
 
 def test_a_store_is_refused_by_another_model(model: Path, enroll_dir: Path, speakers, tmp_path: Path) -> None:
+    """The fingerprint comes from the graph: other weights carrying GE2E's metadata (its declared fingerprint
+    included) are refused; the same graph with altered metadata is still the same model."""
     store = tmp_path / "s.vxf"
     run("enroll", enroll_dir, "--model", model, "--out", store)
-    other = tmp_path / "other.onnx"
+    other, relabelled = tmp_path / "other.onnx", tmp_path / "relabelled.onnx"
     proto = onnx.load(model)
     for p in proto.metadata_props:
         if p.key == "voxfloat.fingerprint":
             p.value = json.dumps("0" * 64)
+    onnx.save(proto, relabelled)
+    proto = onnx.load(model)
+    weight = max(proto.graph.initializer, key=lambda t: numpy_helper.to_array(t).size)
+    weight.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weight) * np.float32(1.01), weight.name))
     onnx.save(proto, other)
     probe = sorted(speakers[0].glob("*.flac"))[5]
     result = run("verify", probe, "--model", other, "--store", store, "--speaker", speakers[0].name)
     assert result.exit_code == FATAL
     assert str(store) in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    same = run("verify", probe, "--model", relabelled, "--store", store, "--speaker", speakers[0].name)
+    assert same.exit_code == 0, same.output
 
 
 def test_corrupt_store_and_missing_model_are_one_line_errors(model: Path, enroll_dir: Path, speakers, tmp_path: Path) -> None:

@@ -85,6 +85,30 @@ def test_add_replace_remove_thresholds(tmp_path: Path) -> None:
         s.add("x", new)
 
 
+@pytest.mark.parametrize("fmt, scale", [("f32", "none"), ("e4m3", "vector")])
+def test_extend_adds_utterances_to_a_voiceprint(tmp_path: Path, fmt: str, scale: str) -> None:
+    """Utterances added one by one end near the voiceprint of all of them at once (same count, same norm)."""
+    rng = np.random.default_rng(3)
+    speaker = rng.standard_normal(DIM)
+    E = (speaker + 0.3 * rng.standard_normal((5, DIM))).astype(np.float32) * np.float32(7.0)
+    path = tmp_path / "v.vxf"
+    with VoiceprintStore.edit(path, fmt=fmt, scale=scale, dim=DIM, model=MODEL) as s:
+        s.add("all", E)
+        s.extend("one by one", E[:1])  # a new speaker: as add
+        for e in E[1:]:
+            s.extend("one by one", e[None, :])
+        s.add("gone", E[:1])
+        with pytest.raises(StoreError, match="cancel"):
+            s.extend("gone", -s.codec.decode(s.packed[2:3], DIM))
+        s.remove("gone")
+    s = VoiceprintStore.open(path)
+    np.testing.assert_array_equal(s.n_utterances, [5, 5])
+    both = s.codec.decode(s.packed, DIM).astype(np.float64)
+    assert both[0] @ both[1] / np.linalg.norm(both, axis=1).prod() > 0.999
+    if scale == "none":
+        np.testing.assert_allclose(np.linalg.norm(both, axis=1), np.linalg.norm(E, axis=1).mean(), rtol=1e-5)
+
+
 def test_edit_that_raises_writes_nothing(tmp_path: Path) -> None:
     path = tmp_path / "v.vxf"
     make(path, n=3)
@@ -199,7 +223,7 @@ def _corrupt(path: Path, case: str) -> None:
     ("version", r"unsupported .vxf version 2 \(this voxfloat reads version 1\)"),
     ("trailing", r"corrupt: \d+ bytes, the prefix says \d+ \(trailing data\)"),
     ("dimension", f"wrong dimension: e2m1/block32 rows of {DIM + 1} values take 27 bytes, the header says 26"),
-    ("ids", "corrupt speaker ids: 6 ids for 5 voiceprints"),
+    ("ids", "corrupt: the bytes after section rows are not zero padding"),  # a shortened section leaves a gap
 ])
 def test_corrupt_files_give_one_line_naming_the_file(tmp_path: Path, case: str, message: str) -> None:
     path = tmp_path / "v.vxf"

@@ -1,12 +1,11 @@
-"""The `voxfloat` command: a thin shell over export, runtime and store.
+"""The `voxfloat` command: a thin shell over voxfloat.api (parse arguments, format output, map errors to exit codes).
 
 Exit codes: 0 done (verify: every trial accepted), 1 verify rejected at least one trial,
 2 usage error, 3 done but some input files were bad (listed, the rest processed),
-4 nothing done (bad model, store, checkpoint or trial list).
+4 nothing done (bad model, store, checkpoint or trial list), 70 internal error (a bug: please report it).
 """
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import os
@@ -19,15 +18,40 @@ from typing import Annotated, Optional
 
 import numpy as np
 import typer
+from typer.core import TyperGroup
+from typer.exceptions import TyperException
 
-from voxfloat.evaluate import TrialsError, evaluate, format_table, operating_point, plot, read_trials, threshold_at_far
-from voxfloat.runtime import AudioError, ModelError, SpeakerEncoder, read_card
-from voxfloat.store import FORMATS, SCALE_MODES, StoreError, VoiceprintStore
+from voxfloat.api import (DEFAULT_MAX_SECONDS, Verifier, check_threshold, embed_audio, embed_trials, open_encoder,
+                          read_enrollment_list)
+from voxfloat.errors import OutputError, UsageError, VoxfloatError
+from voxfloat.export import ARCHS
+from voxfloat.files import output_target, write_private
+from voxfloat.store import FORMATS, SCALE_MODES, VoiceprintStore
 
-OK, REJECTED, BAD_INPUT, FATAL = 0, 1, 3, 4
-AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".m4a", ".opus", ".aiff", ".aif", ".au", ".webm", ".sph"}
+OK, REJECTED, USAGE, BAD_INPUT, FATAL, CRASH = 0, 1, 2, 3, 4, 70
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+
+class Shell(TyperGroup):
+    """Runs a verb and maps what escapes it: VoxfloatError to one line (exit 4, usage errors 2), anything else to
+    one line asking for a bug report (exit 70, never 1, which means "rejected"). VOXFLOAT_DEBUG=1 shows tracebacks."""
+
+    def invoke(self, ctx: typer.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, TyperException):  # typer's own: --help, usage errors, exit codes
+            raise
+        except VoxfloatError as e:
+            fail(str(e), USAGE if isinstance(e, UsageError) else FATAL)
+        except Exception as e:
+            if os.environ.get("VOXFLOAT_DEBUG"):
+                raise
+            what = (str(e).strip().splitlines() or [""])[0]
+            typer.echo(f"voxfloat: internal error ({type(e).__name__}{': ' + what if what else ''}); this is a bug: "
+                       "please report it with the command you ran (VOXFLOAT_DEBUG=1 shows the traceback)", err=True)
+            raise typer.Exit(CRASH) from None
+
+
+app = typer.Typer(cls=Shell, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Speaker verification at the edge: ONNX encoders and packed minifloat voiceprint stores.")
 
 
@@ -42,11 +66,14 @@ class Point(str, Enum):
     far = "far"
 
 
-ModelOpt = Annotated[Path, typer.Option("--model", "-m", help="ONNX model written by `voxfloat export`.")]
+# Paths are checked by voxfloat itself (readable=False): an unreadable file is one listed line, not a usage error.
+ModelOpt = Annotated[Optional[Path], typer.Option("--model", "-m", readable=False,
+                                                  help="ONNX model written by `voxfloat export` (default: the shipped GE2E model).")]
+StoreOpt = Annotated[Path, typer.Option("--store", "-s", readable=False, help="Store file (.vxf).")]
 DeviceOpt = Annotated[Device, typer.Option(help="Where to run: auto tries CUDA and falls back to CPU.")]
-ThreadsOpt = Annotated[int, typer.Option(help="Intra-op threads (0: ONNX Runtime's choice).")]
+ThreadsOpt = Annotated[int, typer.Option(min=0, help="Intra-op threads (0: ONNX Runtime's choice).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
-AudioArg = Annotated[list[Path], typer.Argument(help="Audio files (any common type and sample rate).")]
+AudioArg = Annotated[list[Path], typer.Argument(readable=False, help="Audio files (any common type and sample rate).")]
 
 
 def fail(message: str, code: int = FATAL) -> None:
@@ -57,17 +84,40 @@ def fail(message: str, code: int = FATAL) -> None:
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn the package's own errors into one line on stderr and exit code 4, never a traceback."""
+    """Turn the package's own errors into one line on stderr and exit code 4 (2 for usage), never a traceback."""
     try:
         yield
-    except (ModelError, StoreError, TrialsError, AudioError, ValueError, OSError) as e:
-        fail(str(e))
+    except VoxfloatError as e:
+        fail(str(e), USAGE if isinstance(e, UsageError) else FATAL)
 
 
-def report_bad(errors: list[tuple[str, str]]) -> None:
+def report_bad(errors: list[str]) -> None:
     """List the skipped files on stderr, one line each."""
-    for _, message in errors:
+    for message in errors:
         typer.echo(f"voxfloat: skipped: {message}", err=True)
+
+
+def threshold_option(value: Optional[float]) -> Optional[float]:
+    """--threshold must be a cosine in [-1, 1] (NaN and infinities are refused)."""
+    if value is None:
+        return None
+    try:
+        return check_threshold(value)
+    except UsageError as e:
+        raise typer.BadParameter(str(e)) from None
+
+
+def seconds_option(value: float) -> float:
+    """--max-seconds must be a positive, finite number of seconds."""
+    if not 0 < value < float("inf"):
+        raise typer.BadParameter(f"must be a positive number of seconds, got {value}")
+    return value
+
+
+ThresholdOpt = Annotated[Optional[float], typer.Option(callback=threshold_option,
+                                                       help="Override the store's threshold (a cosine in [-1, 1]).")]
+MaxSecondsOpt = Annotated[float, typer.Option("--max-seconds", callback=seconds_option,
+                                              help="Refuse (and list) audio longer than this, checked before decoding.")]
 
 
 def parse_list(value: str, allowed: tuple[str, ...] | dict, what: str) -> list[str]:
@@ -79,54 +129,9 @@ def parse_list(value: str, allowed: tuple[str, ...] | dict, what: str) -> list[s
     return items
 
 
-def open_encoder(model: Path, device: Device, threads: int) -> SpeakerEncoder:
-    """Load the model; one line if that fails."""
-    with user_errors():
-        return SpeakerEncoder(model, device=device.value, threads=threads)
-
-
-def open_store(path: Path, encoder: SpeakerEncoder) -> VoiceprintStore:
-    """Open a store and refuse it if another model built it."""
-    with user_errors():
-        store = VoiceprintStore.open(path)
-        store.check_model(encoder.card.fingerprint)
-        return store
-
-
-def embed(encoder: SpeakerEncoder, paths: list[Path], quiet: bool = False) -> tuple[dict[str, np.ndarray], list[tuple[str, str]]]:
-    """Embed files (progress bar on stderr); returns embeddings by path and the bad files."""
-    result = encoder.embed_files([str(p) for p in paths], progress=not quiet)
-    report_bad(result.errors)
-    return dict(zip(map(str, result.paths_ok), result.embeddings)), list(result.errors)
-
-
-def enrollment_list(source: Path) -> list[tuple[str, Path]]:
-    """(speaker, audio path) pairs from a folder of speaker folders or a CSV of speaker,path."""
-    if source.is_dir():
-        pairs = [(d.name, f) for d in sorted(source.iterdir()) if d.is_dir()
-                 for f in sorted(d.rglob("*")) if f.suffix.lower() in AUDIO_SUFFIXES]
-        if not pairs:
-            fail(f"{source}: no speaker sub-folders with audio files")
-        return pairs
-    if not source.is_file():
-        fail(f"{source}: no such folder or CSV file")
-    pairs = []
-    with source.open(newline="") as fh:
-        for n, row in enumerate(csv.reader(fh), 1):
-            if not row or (n == 1 and [c.strip().lower() for c in row] == ["speaker", "path"]):
-                continue
-            if len(row) != 2 or not row[0].strip():
-                fail(f"{source}:{n}: expected 'speaker,path', got {','.join(row)[:80]!r}")
-            path = Path(row[1].strip())
-            pairs.append((row[0].strip(), path if path.is_absolute() else source.parent / path))
-    if not pairs:
-        fail(f"{source}: no speaker,path rows")
-    return pairs
-
-
 @app.command("export")
 def export_cmd(
-    arch: Annotated[str, typer.Argument(help="ge2e, campplus, campplus-wespeaker, ecapa, resnet34, redimnet or wavlm.")],
+    arch: Annotated[str, typer.Argument(help=f"One of {', '.join(ARCHS)}.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="ONNX file to write.")],
     checkpoint: Annotated[Optional[Path], typer.Option(help="Upstream checkpoint file (ge2e: the resemblyzer weights by default).")] = None,
     format: Annotated[str, typer.Option("--format", help="Storage format the appended scaling node targets.")] = "e4m3",
@@ -136,22 +141,21 @@ def export_cmd(
 ) -> None:
     """Turn a PyTorch checkpoint into a self-contained ONNX model (waveform in, embedding out)."""
     try:
-        from voxfloat.export.core import ExportError, export_onnx
-        from voxfloat.export.registry import build
+        from voxfloat.export.core import build, export_onnx
     except ImportError as e:
         fail(f"`voxfloat export` needs PyTorch: pip install 'voxfloat[export]' ({e})")
     if format not in FORMATS:
         raise typer.BadParameter(f"unknown format {format!r}; choose from {', '.join(FORMATS)}")
-    try:
-        built = build(arch, checkpoint)
-        if sherpa:
-            from voxfloat.export.sherpa import export_sherpa
-            export_sherpa(built, out)
-            card = built.card
-        else:
-            card = export_onnx(built.encoder, built.card, out, None if no_scale else format, dynamo=built.dynamo)
-    except (ExportError, ValueError, OSError) as e:
-        fail(str(e))
+    built = build(arch, checkpoint)
+    if sherpa:
+        from voxfloat.export.sherpa import export_sherpa
+        export_sherpa(built, out)
+        card = built.card
+    else:
+        from voxfloat.runtime import read_card
+
+        export_onnx(built.encoder, built.card, out, None if no_scale else format, dynamo=built.dynamo)
+        card = read_card(out)  # with the fingerprint of the graph written, the one stores record
     info = {"model": str(out), "arch": card.arch, "embedding_dim": card.embedding_dim,
             "scale_format": card.scale_format or None, "fingerprint": card.fingerprint, "sherpa": sherpa}
     typer.echo(json.dumps(info) if json_out else f"wrote {out} ({card.arch}, {card.embedding_dim}-dim, "
@@ -160,193 +164,134 @@ def export_cmd(
 
 @app.command()
 def enroll(
-    source: Annotated[Path, typer.Argument(help="Folder with one sub-folder per speaker, or a CSV of speaker,path.")],
-    model: ModelOpt,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Store file (.vxf); created, or added to if it exists.")],
+    source: Annotated[Path, typer.Argument(readable=False, help="Folder with one sub-folder per speaker, or a CSV of speaker,path.")],
+    out: Annotated[Path, typer.Option("--out", "-o", readable=False, help="Store file (.vxf); created, or added to if it exists (a symbolic link is followed).")],
     format: Annotated[Optional[str], typer.Option("--format", help=f"One of {', '.join(FORMATS)} (new stores; default e4m3).")] = None,
     scale: Annotated[Optional[str], typer.Option(help=f"One of {', '.join(SCALE_MODES)} (new stores; default vector).")] = None,
     replace: Annotated[bool, typer.Option(help="Re-enroll speakers the store already has.")] = False,
+    model: ModelOpt = None, max_seconds: MaxSecondsOpt = DEFAULT_MAX_SECONDS,
     device: DeviceOpt = Device.auto, threads: ThreadsOpt = 0, json_out: JsonOpt = False,
 ) -> None:
     """Enroll speakers into a store: each speaker is the normalised mean of its utterances' embeddings."""
-    pairs = enrollment_list(source)
-    encoder = open_encoder(model, device, threads)
-    card = encoder.card
-    if out.exists():
-        existing = open_store(out, encoder)
-        for given, have, what in ((format, existing.format, "format"), (scale, existing.scale, "scale")):
-            if given is not None and given != have:
-                fail(f"{out}: store uses {what} {have}, not {given}")
-    else:
-        parse_list(format or "e4m3", FORMATS, "format")
-        parse_list(scale or "vector", SCALE_MODES, "scale mode")
-    vectors, errors = embed(encoder, [p for _, p in pairs], quiet=json_out)
-    by_speaker: dict[str, list[np.ndarray]] = {}
-    for speaker, path in pairs:
-        if str(path) in vectors:
-            by_speaker.setdefault(speaker, []).append(vectors[str(path)])
-    create = {} if out.exists() else {
-        "fmt": format or "e4m3", "scale": scale or "vector", "dim": card.embedding_dim,
-        "model": {"fingerprint": card.fingerprint, "arch": card.arch, "source": card.source}}
-    added, skipped = [], []
-    with user_errors(), VoiceprintStore.edit(out, **create) as store:
-        store.check_model(card.fingerprint)
-        if card.threshold is not None and not store.thresholds:
-            store.set_thresholds({store.format: card.threshold}, f"model default: {card.threshold_source or card.arch}")
-        for speaker, embs in by_speaker.items():
-            if speaker in store and not replace:
-                skipped.append(speaker)
-                continue
-            store.add(speaker, np.stack(embs), replace=replace)
-            added.append((speaker, len(embs)))
-        total = len(store)
-    for speaker in skipped:
+    if format is not None:
+        parse_list(format, FORMATS, "format")
+    if scale is not None:
+        parse_list(scale, SCALE_MODES, "scale mode")
+    pairs = read_enrollment_list(source)
+    verifier = Verifier(out, model, device=device.value, threads=threads, max_seconds=max_seconds,
+                        format=format, scale=scale, progress=not json_out)
+    report = verifier.enroll_many(pairs, replace=replace)
+    report_bad(report.bad_files)
+    for speaker in report.already_enrolled:
         typer.echo(f"voxfloat: skipped: {speaker}: already enrolled in {out} (use --replace)", err=True)
-    missing = sorted({s for s, _ in pairs} - set(by_speaker))
-    for speaker in missing:
+    for speaker in report.no_audio:
         typer.echo(f"voxfloat: skipped: {speaker}: no readable audio", err=True)
     if json_out:
-        typer.echo(json.dumps({"store": str(out), "enrolled": [{"speaker": s, "utterances": n} for s, n in added],
-                               "skipped_speakers": skipped + missing, "bad_files": [m for _, m in errors],
-                               "speakers_in_store": total}))
+        typer.echo(json.dumps(report.as_dict()))
     else:
-        typer.echo(f"enrolled {len(added)} speakers ({sum(n for _, n in added)} utterances) into {out}; "
-                   f"it now holds {total}")
-    raise typer.Exit(BAD_INPUT if errors or missing else OK)
-
-
-def decision_threshold(store: VoiceprintStore, override: Optional[float]) -> float:
-    """The threshold to decide with: --threshold, else the store's for its format."""
-    if override is not None:
-        return override
-    if store.threshold is None:
-        fail(f"{store.path}: no threshold for format {store.format}: run `voxfloat calibrate` or pass --threshold")
-    return store.threshold
+        typer.echo(f"enrolled {len(report.enrolled)} speakers ({sum(n for _, n in report.enrolled)} utterances) "
+                   f"into {out}; it now holds {report.speakers_in_store}")
+        if report.threshold is not None and report.threshold.threshold is not None:
+            typer.echo(f"threshold {report.threshold.threshold:.4f}: {report.threshold.source}")
+    raise typer.Exit(OK if report.complete else BAD_INPUT)
 
 
 @app.command()
 def verify(
-    audio: AudioArg, model: ModelOpt,
-    store_path: Annotated[Path, typer.Option("--store", "-s", help="Store file (.vxf).")],
+    audio: AudioArg, store_path: StoreOpt,
     speaker: Annotated[str, typer.Option(help="Claimed speaker id.")],
-    threshold: Annotated[Optional[float], typer.Option(help="Override the store's threshold.")] = None,
+    threshold: ThresholdOpt = None, model: ModelOpt = None, max_seconds: MaxSecondsOpt = DEFAULT_MAX_SECONDS,
     device: DeviceOpt = Device.auto, threads: ThreadsOpt = 0, json_out: JsonOpt = False,
 ) -> None:
     """Score audio against one enrolled speaker and accept or reject with the store's format's threshold."""
-    encoder = open_encoder(model, device, threads)
-    store = open_store(store_path, encoder)
-    if speaker not in store:
-        fail(f"{store_path}: no speaker {speaker!r} enrolled")
-    thr = decision_threshold(store, threshold)
-    vectors, errors = embed(encoder, audio, quiet=True)
-    results = []
-    for path in map(str, audio):
-        if path in vectors:
-            score = store.score(vectors[path], speaker)
-            results.append({"audio": path, "speaker": speaker, "score": round(score, 6), "threshold": thr,
-                            "format": store.format, "accepted": bool(score >= thr)})
+    verifier = Verifier(store_path, model, device=device.value, threads=threads, max_seconds=max_seconds)
+    batch = verifier.verify_many([str(a) for a in audio], speaker, threshold=threshold)
+    report_bad(batch.bad_files)
     if json_out:
-        typer.echo(json.dumps(results))
+        typer.echo(json.dumps([d.as_dict() for d in batch.results], allow_nan=False))
     else:
-        for r in results:
-            typer.echo(f"{'ACCEPT' if r['accepted'] else 'REJECT'}  {r['score']:.4f} "
-                       f"(threshold {thr:.4f}, {store.format})  {r['audio']} as {speaker}")
-    if errors:
+        for d in batch.results:
+            typer.echo(f"{'ACCEPT' if d.accepted else 'REJECT'}  {d.score:.4f} "
+                       f"(threshold {d.threshold:.4f}, {d.format})  {d.audio} as {speaker}")
+    if batch.bad_files:
         raise typer.Exit(BAD_INPUT)
-    raise typer.Exit(OK if all(r["accepted"] for r in results) else REJECTED)
+    raise typer.Exit(OK if all(d.accepted for d in batch.results) else REJECTED)
 
 
 @app.command()
 def identify(
-    audio: AudioArg, model: ModelOpt,
-    store_path: Annotated[Path, typer.Option("--store", "-s", help="Store file (.vxf).")],
+    audio: AudioArg, store_path: StoreOpt,
     top: Annotated[int, typer.Option(min=1, help="How many candidates to list.")] = 1,
-    threshold: Annotated[Optional[float], typer.Option(help="Override the store's threshold.")] = None,
+    threshold: ThresholdOpt = None, model: ModelOpt = None, max_seconds: MaxSecondsOpt = DEFAULT_MAX_SECONDS,
     device: DeviceOpt = Device.auto, threads: ThreadsOpt = 0, json_out: JsonOpt = False,
 ) -> None:
     """Find the enrolled speakers closest to each audio file (1:N); below the threshold means unknown.
 
-    Without a threshold (none calibrated, none given) the best candidate is the answer (closed set).
+    Without a threshold (none given, calibrated or in the model) the best candidate is the answer (closed set).
     """
-    encoder = open_encoder(model, device, threads)
-    store = open_store(store_path, encoder)
-    if len(store) == 0:
-        fail(f"{store_path}: no speakers enrolled")
-    thr = threshold if threshold is not None else store.threshold  # None: closed-set, the best candidate wins
-    vectors, errors = embed(encoder, audio, quiet=True)
-    paths = [str(p) for p in audio if str(p) in vectors]
-    results = []
-    if paths:
-        ranked = store.identify(np.stack([vectors[p] for p in paths]), top)
-        for path, cands in zip(paths, ranked):
-            best = cands[0]
-            results.append({"audio": path, "speaker": best[0] if thr is None or best[1] >= thr else None, "threshold": thr,
-                            "candidates": [{"speaker": s, "score": round(float(v), 6)} for s, v in cands]})
+    verifier = Verifier(store_path, model, device=device.value, threads=threads, max_seconds=max_seconds)
+    batch = verifier.identify_many([str(a) for a in audio], top=top, threshold=threshold)
+    report_bad(batch.bad_files)
     if json_out:
-        typer.echo(json.dumps(results))
+        typer.echo(json.dumps([r.as_dict() for r in batch.results], allow_nan=False))
     else:
-        for r in results:
-            cands = "  ".join(f"{c['speaker']} {c['score']:.4f}" for c in r["candidates"])
-            typer.echo(f"{r['speaker'] or 'UNKNOWN':<16} {r['audio']}  [{cands}]")
-    raise typer.Exit(BAD_INPUT if errors else OK)
+        for r in batch.results:
+            cands = "  ".join(f"{s} {v:.4f}" for s, v in r.candidates)
+            typer.echo(f"{r.decision or 'UNKNOWN':<16} {r.audio}  [{cands}]")
+    raise typer.Exit(BAD_INPUT if batch.bad_files else OK)
 
 
 @app.command("embed")
 def embed_cmd(
-    audio: AudioArg, model: ModelOpt,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Embeddings (.npy, rows in input order of the readable files).")],
+    audio: AudioArg,
+    out: Annotated[Path, typer.Option("--out", "-o", readable=False, help="Embeddings (.npy, rows in input order of the readable files; a symbolic link is replaced, never written through).")],
+    model: ModelOpt = None, max_seconds: MaxSecondsOpt = DEFAULT_MAX_SECONDS,
     device: DeviceOpt = Device.auto, threads: ThreadsOpt = 0, json_out: JsonOpt = False,
 ) -> None:
     """Write raw embeddings (the model's output) for parity checks; the row order is listed beside them."""
-    encoder = open_encoder(model, device, threads)
-    vectors, errors = embed(encoder, audio, quiet=json_out)
-    paths = [str(p) for p in audio if str(p) in vectors]
-    if not paths:
+    rows_out = out.with_suffix(".paths.txt")
+    for target in (out, rows_out):
+        output_target(target, OutputError, follow_symlinks=False)  # a FIFO or folder is refused before any work
+    encoder = open_encoder(model, device=device.value, threads=threads, max_seconds=max_seconds)
+    rows, errors = embed_audio(encoder, [str(a) for a in audio], progress=not json_out)
+    report_bad(errors)
+    kept = [(str(a), r) for a, r in zip(audio, rows) if r is not None]
+    if not kept:
         fail("no readable audio", BAD_INPUT)
-    with user_errors():
-        # embeddings are biometric data: created private, like store files
-        with os.fdopen(os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as fh:
-            os.fchmod(fh.fileno(), 0o600)
-            np.save(fh, np.stack([vectors[p] for p in paths]).astype(np.float32))
-        out.with_suffix(".paths.txt").write_text("".join(p + "\n" for p in paths))
+    matrix = np.stack([r for _, r in kept]).astype(np.float32)
+    # embeddings are biometric data: written privately and atomically, like store files
+    write_private(out, lambda f: np.save(f, matrix))
+    write_private(rows_out, lambda f: f.write("".join(p + "\n" for p, _ in kept).encode("utf-8", "surrogateescape")))
     if json_out:
-        typer.echo(json.dumps({"out": str(out), "rows": paths, "bad_files": [m for _, m in errors]}))
+        typer.echo(json.dumps({"out": str(out), "rows": [p for p, _ in kept], "bad_files": errors}))
     else:
-        typer.echo(f"wrote {len(paths)} x {encoder.card.embedding_dim} embeddings to {out} "
-                   f"(row order in {out.with_suffix('.paths.txt')})")
+        typer.echo(f"wrote {len(kept)} x {encoder.card.embedding_dim} embeddings to {out} (row order in {rows_out})")
     raise typer.Exit(BAD_INPUT if errors else OK)
-
-
-def embed_trials(trials_path: Path, audio_root: Path, encoder: SpeakerEncoder, quiet: bool):
-    """Read a trial list and embed each audio file it names once."""
-    with user_errors():
-        trials = read_trials(trials_path)
-    if not audio_root.is_dir():
-        fail(f"{audio_root}: no such audio folder")
-    files = trials.files
-    vectors, errors = embed(encoder, [audio_root / f for f in files], quiet=quiet)
-    paths = [f for f in files if str(audio_root / f) in vectors]
-    if not paths:
-        fail(f"{trials_path}: none of its audio files could be read")
-    return trials, np.stack([vectors[str(audio_root / f)] for f in paths]), paths, errors
 
 
 @app.command("eval")
 def eval_cmd(
-    model: ModelOpt,
-    trials_path: Annotated[Path, typer.Option("--trials", "-t", help="VoxCeleb-style trial list: label enroll test.")],
+    trials_path: Annotated[Path, typer.Option("--trials", "-t", readable=False, help="VoxCeleb-style trial list: label enroll test.")],
     audio_root: Annotated[Path, typer.Option(help="Folder the trial list's paths are relative to.")],
     formats: Annotated[str, typer.Option(help="Comma-separated formats.")] = ",".join(FORMATS),
     scale: Annotated[str, typer.Option(help="Comma-separated scale modes.")] = "vector",
-    threshold: Annotated[Optional[float], typer.Option(help="Threshold for FAR/FRR (default: the model's).")] = None,
+    threshold: Annotated[Optional[float], typer.Option(callback=threshold_option, help="Threshold for FAR/FRR (default: the model's).")] = None,
     plot_path: Annotated[Optional[Path], typer.Option("--plot", help="Write DET curves and score histograms (PNG).")] = None,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the results as JSON.")] = None,
+    scores_path: Annotated[Optional[Path], typer.Option("--scores", help="Write per-trial scores (TSV: label enroll test FORMAT/SCALE...).")] = None,
+    model: ModelOpt = None, max_seconds: MaxSecondsOpt = DEFAULT_MAX_SECONDS,
     device: DeviceOpt = Device.auto, threads: ThreadsOpt = 0,
 ) -> None:
-    """EER, minDCF, EER threshold and FAR/FRR at the model's threshold of every storage format."""
+    """EER, minDCF, EER threshold, decision flips against float32 and FAR/FRR at the model's threshold of every format."""
+    from voxfloat.evaluate import check_plotting, evaluate, format_table, plot, write_scores
+
     fmts, scales = parse_list(formats, FORMATS, "format"), parse_list(scale, SCALE_MODES, "scale mode")
-    encoder = open_encoder(model, device, threads)
-    trials, embeddings, paths, errors = embed_trials(trials_path, audio_root, encoder, quiet=False)
+    if plot_path:
+        with user_errors():
+            check_plotting()
+    encoder = open_encoder(model, device=device.value, threads=threads, max_seconds=max_seconds)
+    trials, embeddings, paths, errors = embed_trials(encoder, trials_path, audio_root, progress=True)
+    report_bad(errors)
     thr = threshold if threshold is not None else encoder.card.threshold
     with user_errors():
         rows, scores, labels = evaluate(embeddings, paths, trials, fmts, scales, thr)
@@ -354,67 +299,57 @@ def eval_cmd(
     if errors:
         typer.echo(f"{len(errors)} audio files unreadable; their trials were left out", err=True)
     if plot_path:
-        plot(scores, labels, plot_path)
+        with user_errors():
+            plot(scores, labels, plot_path)
         typer.echo(f"wrote {plot_path}")
+    if scores_path:
+        with user_errors():
+            write_scores(scores_path, trials, paths, scores)
+        typer.echo(f"wrote {scores_path}")
     if json_path:
-        json_path.write_text(json.dumps({"model": str(model), "trials": str(trials_path), "device": encoder.device,
-                                         "bad_files": [m for _, m in errors],
-                                         "results": [r.as_dict() for r in rows]}, indent=1))
+        report = json.dumps({"model": str(encoder.path), "trials": str(trials_path), "device": encoder.device,
+                             "bad_files": errors, "results": [r.as_dict() for r in rows]}, indent=1)
+        write_private(json_path, lambda f: f.write(report.encode()))
     raise typer.Exit(BAD_INPUT if errors else OK)
 
 
 @app.command()
 def calibrate(
-    model: ModelOpt,
-    store_path: Annotated[Path, typer.Option("--store", "-s", help="Store whose thresholds are set.")],
-    trials_path: Annotated[Path, typer.Option("--trials", "-t", help="VoxCeleb-style trial list: label enroll test.")],
+    store_path: Annotated[Path, typer.Option("--store", "-s", readable=False, help="Store whose thresholds are set.")],
+    trials_path: Annotated[Path, typer.Option("--trials", "-t", readable=False, help="VoxCeleb-style trial list: label enroll test.")],
     audio_root: Annotated[Path, typer.Option(help="Folder the trial list's paths are relative to.")],
     target_far: Annotated[float, typer.Option(min=1e-6, max=0.5, help="False-acceptance rate of the FAR point (fraction).")] = 0.01,
     use: Annotated[Point, typer.Option(help="Which point `verify` decides with.")] = Point.eer,
+    model: ModelOpt = None, max_seconds: MaxSecondsOpt = DEFAULT_MAX_SECONDS,
     device: DeviceOpt = Device.auto, threads: ThreadsOpt = 0, json_out: JsonOpt = False,
 ) -> None:
     """Per-format thresholds (EER point and target-FAR point) from a trial list, stored in the store."""
-    encoder = open_encoder(model, device, threads)
-    store = open_store(store_path, encoder)
-    trials, embeddings, paths, errors = embed_trials(trials_path, audio_root, encoder, quiet=json_out)
-    with user_errors():
-        _, scores, labels = evaluate(embeddings, paths, trials, list(FORMATS), [store.scale], None)
-    table, thresholds = [], {}
-    for fmt in FORMATS:
-        s = scores[fmt, store.scale]
-        eer = operating_point(s, labels)
-        far_thr = threshold_at_far(s, labels, target_far)
-        thresholds[fmt] = eer.eer_threshold if use is Point.eer else far_thr
-        table.append({"format": fmt, "eer": eer.eer, "eer_threshold": eer.eer_threshold,
-                      "far_threshold": far_thr, "target_far": target_far})
-    point = "EER point" if use is Point.eer else f"FAR {target_far:g} point"
-    source = f"calibrated on {trials_path} ({int(labels.sum())} target trials, {store.scale} scaling), {point}"
-    with user_errors(), VoiceprintStore.edit(store_path) as s:
-        s.set_thresholds(thresholds, source)
+    verifier = Verifier(store_path, model, device=device.value, threads=threads, max_seconds=max_seconds,
+                        progress=not json_out)
+    cal = verifier.calibrate(trials_path, audio_root, target_far=target_far, use=use.value)
+    report_bad(cal.bad_files)
     if json_out:
-        typer.echo(json.dumps({"store": str(store_path), "use": use.value, "formats": table}))
+        typer.echo(json.dumps(cal.as_dict(), allow_nan=False))
     else:
         typer.echo(f"{'format':<6} {'EER %':>7} {'EER thr':>8} {'FAR ' + format(target_far, 'g') + ' thr':>12}")
-        for r in table:
+        for r in cal.formats:
             typer.echo(f"{r['format']:<6} {r['eer']:7.2f} {r['eer_threshold']:8.4f} {r['far_threshold']:12.4f}")
-        typer.echo(f"{store_path}: verify now decides with the {use.value} threshold of {store.format}: "
-                   f"{thresholds[store.format]:.4f}")
-    raise typer.Exit(BAD_INPUT if errors else OK)
+        typer.echo(f"{store_path}: verify now decides with the {use.value} threshold of {cal.format}: "
+                   f"{cal.threshold:.4f}")
+    raise typer.Exit(BAD_INPUT if cal.bad_files else OK)
 
 
 @app.command()
 def remove(
-    store_path: Annotated[Path, typer.Argument(help="Store file (.vxf).")],
+    store_path: Annotated[Path, typer.Argument(readable=False, help="Store file (.vxf).")],
     speakers: Annotated[list[str], typer.Argument(help="Speaker ids whose voiceprints are deleted.")],
     json_out: JsonOpt = False,
 ) -> None:
     """Delete speakers' voiceprints from a store (the file is rewritten atomically; unknown ids are listed)."""
-    with user_errors(), VoiceprintStore.edit(store_path) as store:
-        unknown = [s for s in speakers if s not in store]
-        removed = [s for s in dict.fromkeys(speakers) if s in store]
-        for speaker in removed:
-            store.remove(speaker)
-        left = len(store)
+    verifier = Verifier(store_path)
+    removed = verifier.remove(*speakers)
+    unknown = [s for s in speakers if s not in removed]
+    left = len(verifier.speakers())
     for speaker in unknown:
         typer.echo(f"voxfloat: skipped: {speaker}: not enrolled in {store_path}", err=True)
     if json_out:
@@ -426,21 +361,68 @@ def remove(
 
 @app.command()
 def info(
-    file: Annotated[Path, typer.Argument(help="A model (.onnx) or store (.vxf) file.")],
+    file: Annotated[Path, typer.Argument(readable=False, help="A model (.onnx) or store (.vxf) file.")],
     json_out: JsonOpt = False,
 ) -> None:
     """Show what a model or store file holds."""
-    with user_errors():
-        if file.suffix == ".vxf":
-            data = VoiceprintStore.open(file).info()
-        else:
-            card = read_card(file)
-            data = {"file": str(file), "kind": "model", "bytes": file.stat().st_size, **card.__dict__}
+    if file.suffix == ".vxf":
+        data = VoiceprintStore.open(file).info()
+    else:
+        from voxfloat.runtime import read_card
+
+        card = read_card(file)
+        data = {"file": str(file), "kind": "model", "bytes": file.stat().st_size, **card.__dict__}
     if json_out:
         typer.echo(json.dumps(data, indent=1, default=str))
     else:
         for key, value in data.items():
             typer.echo(f"{key:<22} {value if not isinstance(value, dict) else json.dumps(value, default=str)}")
+
+
+@app.command()
+def serve(
+    store_path: Annotated[Path, typer.Option("--store", "-s", help="Store file (.vxf); enroll creates it if missing.")],
+    model: Annotated[Optional[Path], typer.Option("--model", "-m", help="ONNX model (default: the shipped one).")] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on; anything but 127.0.0.1 exposes the service.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535)] = 8080,
+    workers: Annotated[int, typer.Option(min=1, help="Processes, each with its own model session and store view.")] = 1,
+    token_file: Annotated[Optional[Path], typer.Option(help="File holding a token; requests then need 'Authorization: Bearer TOKEN'.")] = None,
+    max_body_mb: Annotated[Optional[float], typer.Option(min=0.01, help="Largest request body accepted, MB (default 25).")] = None,
+    device: DeviceOpt = Device.auto,
+    threads: Annotated[int, typer.Option(min=0, help="Intra-op threads per worker (0: ONNX Runtime's choice); scale with --workers.")] = 1,
+) -> None:
+    """HTTP JSON service: verify, identify, enroll, remove; model and store loaded once (see README)."""
+    try:
+        from voxfloat.serve import ServeConfig, serve as run_server
+    except ImportError as e:
+        fail(f"`voxfloat serve` needs its extra: pip install 'voxfloat[serve]' ({e})")
+    config = ServeConfig(str(store_path), str(model) if model else None, device.value, threads,
+                         str(token_file) if token_file else None, **({"max_body_mb": max_body_mb} if max_body_mb else {}))
+    with user_errors():
+        run_server(config, host, port, workers)
+
+
+@app.command()
+def quantize(
+    model: Annotated[Path, typer.Argument(readable=False, help="Float32 ONNX model written by `voxfloat export`.")],
+    weights: Annotated[str, typer.Option(help="int8, int4, e4m3 or mxfp4.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="ONNX file to write.")],
+    calibration: Annotated[Optional[Path], typer.Option(readable=False, help="Folder of speech: calibrates int8 activations and measures the parity stores check (without it, stores refuse the result).")] = None,
+    threads: ThreadsOpt = 0, json_out: JsonOpt = False,
+) -> None:
+    """Write MODEL with quantized weights; a store built with MODEL accepts it at recorded parity >= 0.99 cosine."""
+    from voxfloat.runtime.quantize import quantize as run
+
+    with user_errors():
+        result = run(model, weights, out, calibration, threads=threads)
+    report_bad(result.skipped)
+    q = result.card.quantization
+    parity = q["parity"]
+    typer.echo(json.dumps({"model": str(out), "bytes": out.stat().st_size, **q}) if json_out else
+               f"wrote {out} ({weights}, {out.stat().st_size / 2**20:.1f} MB; parity to {model.name}: " +
+               (f"mean cosine {parity['mean']:.4f}, min {parity['min']:.4f} on {parity['files']} files)" if parity
+                else "not measured: no --calibration audio, so stores will refuse it)"))
+    raise typer.Exit(BAD_INPUT if result.skipped else OK)
 
 
 def main() -> None:

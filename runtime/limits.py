@@ -1,0 +1,6 @@
+"""Bounds on the work one audio input may cause, checked from the file header before anything is decoded."""
+from __future__ import annotations
+
+DEFAULT_MAX_SECONDS = 300.0  # longest audio accepted by default (`--max-seconds`): 5 minutes
+MIN_SAMPLE_RATE = 4000       # below this a file cannot hold speech (telephony is 8 kHz)
+MAX_SAMPLE_RATE = 768000     # the highest rate audio interfaces record
