@@ -419,8 +419,16 @@ class VoiceprintStore:
 
     def _inverse_norms(self) -> np.ndarray:
         if self._inv_norms is None:
-            self._inv_norms = self.codec.inverse_norms(self.packed, self.dim)
+            inv = self.codec.inverse_norms(self.packed, self.dim)
+            if not np.isfinite(inv).all():
+                self._refuse_row(int(np.argmin(np.isfinite(inv))))
+            self._inv_norms = inv
         return self._inv_norms
+
+    def _refuse_row(self, row: int) -> None:
+        """A voiceprint whose codes decode to NaN or infinity (a hand-edited file) is never scored."""
+        raise StoreError(f"{self.path}: corrupt: the voiceprint of {self.speakers[row]!r} decodes to NaN or "
+                         "infinite values")
 
     def score(self, query: np.ndarray, speaker_id: str) -> float:
         """Cosine of one (dim,) or (1, dim) query embedding against one enrolled speaker (1:1 verification).
@@ -461,6 +469,9 @@ class VoiceprintStore:
         out = np.empty(len(Q), np.float32)
         for lo in range(0, len(Q), 8192):
             D = self.codec.decode(self._rows[rows[lo:lo + 8192]], self.dim).astype(np.float64)
+            finite = np.isfinite(D).all(axis=1)
+            if not finite.all():
+                self._refuse_row(int(rows[lo + int(np.argmin(finite))]))
             q = Q[lo:lo + 8192].astype(np.float64)
             den = np.linalg.norm(D, axis=1) * np.linalg.norm(q, axis=1)
             out[lo:lo + len(q)] = np.where(den > 0, (D * q).sum(axis=1) / np.where(den > 0, den, 1), 0.0)
@@ -469,8 +480,8 @@ class VoiceprintStore:
     # -- description ---------------------------------------------------------------------------------
 
     def info(self) -> dict:
-        """Everything `voxfloat info` shows about the store."""
-        h, nutt = self._header, self.n_utterances
+        """Everything `voxfloat info` shows about the store (the speaker ids are parsed, so checked, too)."""
+        h, nutt, _ = self._header, self.n_utterances, self.speakers
         return {
             "path": str(self.path),
             "version": self._version,

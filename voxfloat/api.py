@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Generic, TypeVar, Union
 import numpy as np
 
 from voxfloat.errors import ListError, UsageError, VoxfloatError
-from voxfloat.files import read_regular
+from voxfloat.files import output_target, read_regular
 from voxfloat.runtime.limits import DEFAULT_MAX_SECONDS
 from voxfloat.selfcal import SelfCalibration, calibrate_enrollment
 
@@ -332,8 +332,9 @@ class Verifier:
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
-            if self.path.is_symlink() or required:
+            if required:
                 VoiceprintStore.open(self.path)  # raises the store's own one-line error
+            output_target(self.path, StoreError, follow_symlinks=True)  # refuses a link to nothing
             self._store, self._stamp = None, None
             return None
         except OSError as e:

@@ -6,6 +6,7 @@ Exit codes: 0 done (verify: every trial accepted), 1 verify rejected at least on
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -19,7 +20,6 @@ from typing import Annotated, Optional
 import numpy as np
 import typer
 from typer.core import TyperGroup
-from typer.exceptions import TyperException
 
 from voxfloat.api import (DEFAULT_MAX_SECONDS, Verifier, check_threshold, embed_audio, embed_trials, open_encoder,
                           read_enrollment_list)
@@ -29,6 +29,14 @@ from voxfloat.files import output_target, write_private
 from voxfloat.store import FORMATS, SCALE_MODES, VoiceprintStore
 
 OK, REJECTED, USAGE, BAD_INPUT, FATAL, CRASH = 0, 1, 2, 3, 4, 70
+# --help, usage errors and exit codes are typer's business; typer >= 0.28 carries its own copy of click's
+# exception classes, older typer uses click's, so both are let through
+PASS_THROUGH: tuple[type[BaseException], ...] = (
+    typer.Exit, typer.Abort, next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException"))
+with contextlib.suppress(ImportError):
+    import click
+
+    PASS_THROUGH += (click.exceptions.Exit, click.exceptions.Abort, click.ClickException)
 
 
 class Shell(TyperGroup):
@@ -38,7 +46,7 @@ class Shell(TyperGroup):
     def invoke(self, ctx: typer.Context) -> object:
         try:
             return super().invoke(ctx)
-        except (typer.Exit, typer.Abort, TyperException):  # typer's own: --help, usage errors, exit codes
+        except PASS_THROUGH:
             raise
         except VoxfloatError as e:
             fail(str(e), USAGE if isinstance(e, UsageError) else FATAL)
@@ -52,6 +60,7 @@ class Shell(TyperGroup):
 
 
 app = typer.Typer(cls=Shell, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  rich_markup_mode=None,  # plain help and usage errors: importing rich costs every --help 0.1 s
                   help="Speaker verification at the edge: ONNX encoders and packed minifloat voiceprint stores.")
 
 
