@@ -13,7 +13,6 @@ import logging
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -26,7 +25,8 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from voxfloat.api import Verifier
-from voxfloat.errors import VoxfloatError
+from voxfloat.errors import UsageError, VoxfloatError
+from voxfloat.files import read_regular
 from voxfloat.openapi import OPENAPI
 from voxfloat.runtime import AudioError, ModelError
 from voxfloat.store import StoreError, check_speaker_id
@@ -37,6 +37,8 @@ CONFIG_ENV = "VOXFLOAT_SERVE_CONFIG"  # how `--workers N` hands the configuratio
 DEFAULT_MAX_BODY_MB = 25.0            # a 60 s stereo 48 kHz float WAV is 23 MB; encoded types are far smaller
 DRAIN_FACTOR = 4                      # an oversized body is read and dropped up to this many times the limit
 MAX_TOP = 1000
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+MAX_TOKEN_BYTES = 4096
 
 
 @dataclass(frozen=True)
@@ -60,13 +62,13 @@ class ApiError(Exception):
 
 
 def read_token(path: str | os.PathLike) -> str:
-    """The bearer token in `path` (surrounding whitespace dropped); ValueError if unreadable or empty."""
+    """The bearer token in `path` (surrounding whitespace dropped); UsageError if unreadable, empty or not one word."""
     try:
-        token = Path(path).read_text().strip()
-    except (OSError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: cannot read the token file ({e})") from None
+        token = read_regular(path, UsageError, "token file", limit=MAX_TOKEN_BYTES).decode().strip()
+    except UnicodeDecodeError:
+        raise UsageError(f"{path}: the token file is not UTF-8 text") from None
     if not token or any(c.isspace() for c in token):
-        raise ValueError(f"{path}: the token file must hold one token (no spaces)")
+        raise UsageError(f"{path}: the token file must hold one token (no spaces)")
     return token
 
 
@@ -142,11 +144,6 @@ class Service:
             raise ApiError(400, "empty request body: send the audio file itself as the body")
         return b"".join(chunks)
 
-    def known(self, speaker: str) -> None:
-        """404 unless `speaker` is enrolled (called inside the serialised thread)."""
-        if speaker not in self.verifier.speakers():
-            raise ApiError(404, f"no speaker {speaker!r} enrolled in {self.config.store}")
-
     # -- routes ------------------------------------------------------------------------------------
 
     async def verify(self, request: Request) -> JSONResponse:
@@ -154,7 +151,8 @@ class Service:
         audio = await self.body(request)
 
         def work() -> dict:
-            self.known(speaker)
+            if speaker not in self.verifier.speakers():
+                raise ApiError(404, f"no speaker {speaker!r} enrolled in {self.config.store}")
             return self.verifier.verify(audio, speaker).as_dict()
 
         d = await self.call(work)
@@ -188,8 +186,8 @@ class Service:
         speaker = request.path_params["speaker"]
 
         def work() -> dict:
-            self.known(speaker)
-            self.verifier.remove(speaker)
+            if not self.verifier.remove(speaker):
+                raise ApiError(404, f"no speaker {speaker!r} enrolled in {self.config.store}")
             return {"removed": speaker, "speakers_in_store": len(self.verifier.speakers())}
 
         return JSONResponse(await self.call(work))
@@ -236,15 +234,13 @@ def bool_param(request: Request, name: str) -> bool:
     return raw in ("true", "1")
 
 
-async def api_error(request: Request, exc: Exception) -> JSONResponse:
+async def api_error(request: Request, exc: ApiError) -> JSONResponse:
     """A refused request as {"error": ...} with its status."""
-    assert isinstance(exc, ApiError)
     return JSONResponse({"error": str(exc)}, status_code=exc.status)
 
 
-async def http_error(request: Request, exc: Exception) -> JSONResponse:
+async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
     """Starlette's own 404 (no such route) and 405 (wrong method) as JSON."""
-    assert isinstance(exc, HTTPException)
     return JSONResponse({"error": f"{exc.detail}: {request.method} {request.url.path}"}, status_code=exc.status_code,
                         headers=exc.headers)
 
@@ -269,7 +265,7 @@ def create_app(config: ServeConfig) -> ASGIApp:
         Route("/health", service.health, methods=["GET"]),
         Route("/openapi.json", service.openapi, methods=["GET"]),
     ]
-    handlers: dict[Any, Callable[[Request, Exception], Awaitable[JSONResponse]]] = {
+    handlers: dict[Any, Callable[..., Awaitable[JSONResponse]]] = {
         ApiError: api_error, HTTPException: http_error, Exception: internal_error}
     app: ASGIApp = Starlette(routes=routes, exception_handlers=handlers)
     if config.token_file:
@@ -285,6 +281,9 @@ def app_from_env() -> ASGIApp:
 def serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8080, workers: int = 1) -> None:
     """Run the service until interrupted; the model, store and token are checked before the port is bound."""
     app = create_app(config)
+    if not config.token_file and host not in LOOPBACK:
+        log.warning("listening on %s without --token-file: anyone who reaches this address can enroll and delete "
+                    "speakers", host)
     if workers == 1:
         uvicorn.run(app, host=host, port=port, log_level="info")
         return
