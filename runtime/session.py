@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import dataclasses
 import functools
 import importlib.util
 import io
@@ -9,11 +11,13 @@ import logging
 import os
 from pathlib import Path
 
-import onnx
 import onnxruntime as ort
 
 from voxfloat.errors import UsageError
+from voxfloat.files import read_regular
 from voxfloat.runtime.card import INPUT_NAME, OUTPUT_NAME, ModelCard, ModelError
+from voxfloat.runtime.default_model import shipped_fingerprint
+from voxfloat.runtime.modelmeta import metadata_props
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +25,7 @@ CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 DEVICES = ("auto", "cpu", "cuda")
 ORT_DEFAULT_LOG_SEVERITY = 2  # warning: onnxruntime's own default
+CUDA_DRIVER = "nvcuda.dll" if os.name == "nt" else "libcuda.so.1"  # installed by the NVIDIA driver, not by pip
 
 
 def one_line(e: BaseException) -> str:
@@ -36,20 +41,41 @@ def card_from_metadata(path: str | os.PathLike, props: dict[str, str]) -> ModelC
     except KeyError as e:
         raise ModelError(f"{path}: no voxfloat metadata (missing voxfloat.{e.args[0]}); "
                          "export it with `voxfloat export`") from None
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, ModelError) as e:
         raise ModelError(f"{path}: unreadable voxfloat metadata ({one_line(e)})") from None
 
 
 def read_card(model_path: str | os.PathLike) -> ModelCard:
-    """The ModelCard an exported file carries, without creating a session (weights are parsed, not run)."""
+    """The ModelCard an exported file carries, its metadata checked, and the fingerprint computed from its graph.
+
+    Only a regular file is read; the declared `voxfloat.fingerprint` is not trusted: stores compare what the
+    graph computes (see voxfloat.runtime.fingerprint). Weights are parsed, not run.
+    """
     path = Path(model_path)
-    if not path.is_file():
-        raise ModelError(f"{path}: no such model file")
+    data = read_regular(path, ModelError, "model file")
+    fingerprint = shipped_fingerprint(data) or _graph_fingerprint(path, data)  # the shipped model: no onnx import
     try:
-        proto = onnx.load(path, load_external_data=False)
-    except Exception as e:  # protobuf DecodeError, or onnx's own errors for damaged files
+        props = metadata_props(data)
+    except (ValueError, UnicodeDecodeError) as e:
         raise ModelError(f"{path}: not an ONNX model ({one_line(e)})") from None
-    return card_from_metadata(path, {p.key: p.value for p in proto.metadata_props})
+    card = card_from_metadata(path, props)
+    return dataclasses.replace(card, fingerprint=fingerprint)
+
+
+def _graph_fingerprint(path: Path, data: bytes) -> str:
+    """voxfloat.runtime.fingerprint of a serialised model (external data loaded from beside `path`)."""
+    import onnx
+    from onnx.external_data_helper import load_external_data_for_model
+
+    from voxfloat.runtime.fingerprint import graph_fingerprint
+
+    try:
+        proto = onnx.load_model_from_string(data)
+        if any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):
+            load_external_data_for_model(proto, str(path.parent))
+        return graph_fingerprint(proto)
+    except Exception as e:  # protobuf DecodeError, onnx's own errors for damaged files, missing external data
+        raise ModelError(f"{path}: not an ONNX model ({one_line(e)})") from None
 
 
 def cuda_options(device_id: int = 0) -> dict[str, str]:
@@ -83,6 +109,16 @@ def _create(path: Path, providers: list, threads: int) -> ort.InferenceSession:
         return ort.InferenceSession(str(path), sess_options=session_options(threads), providers=providers)
     except Exception as e:  # onnxruntime raises Fail, InvalidGraph, InvalidProtobuf, NotImplemented, ...
         raise ModelError(f"{path}: onnxruntime cannot load it ({one_line(e)})") from None
+
+
+@functools.cache
+def gpu_driver_present() -> bool:
+    """Whether the NVIDIA driver's CUDA library loads; without it no CUDA session can, so `auto` skips the attempt."""
+    try:
+        ctypes.CDLL(CUDA_DRIVER)
+    except OSError:
+        return False
+    return True
 
 
 @functools.cache
@@ -122,6 +158,9 @@ def make_session(model_path: str | os.PathLike, device: str = "auto", threads: i
             raise ModelError(f"{path}: device cuda requested but this onnxruntime has no {CUDA} "
                              "(install onnxruntime-gpu)")
         log.info("onnxruntime has no %s; running on CPU", CUDA)
+        return _create(path, [CPU], threads), "cpu"
+    if device == "auto" and not gpu_driver_present():  # nothing to try: CPU, quietly (the device is reported)
+        log.info("no NVIDIA driver (%s); running on CPU", CUDA_DRIVER)
         return _create(path, [CPU], threads), "cpu"
 
     preload_cuda_libraries()
