@@ -79,7 +79,8 @@ class Point(str, Enum):
 ModelOpt = Annotated[Optional[Path], typer.Option("--model", "-m", readable=False,
                                                   help="ONNX model written by `voxfloat export` (default: the shipped GE2E model).")]
 StoreOpt = Annotated[Path, typer.Option("--store", "-s", readable=False, help="Store file (.vxf).")]
-DeviceOpt = Annotated[Device, typer.Option(help="Where to run: auto tries CUDA and falls back to CPU.")]
+DeviceOpt = Annotated[Device, typer.Option(envvar="VOXFLOAT_DEVICE",
+                                           help="Where to run: auto tries CUDA (where a driver is) and falls back to CPU.")]
 ThreadsOpt = Annotated[int, typer.Option(min=0, help="Intra-op threads (0: ONNX Runtime's choice).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 AudioArg = Annotated[list[Path], typer.Argument(readable=False, help="Audio files (any common type and sample rate).")]
@@ -217,7 +218,7 @@ def verify(
     batch = verifier.verify_many([str(a) for a in audio], speaker, threshold=threshold)
     report_bad(batch.bad_files)
     if json_out:
-        typer.echo(json.dumps([d.as_dict() for d in batch.results], allow_nan=False))
+        typer.echo(json.dumps([{**d.as_dict(), "device": verifier.encoder.device} for d in batch.results], allow_nan=False))
     else:
         for d in batch.results:
             typer.echo(f"{'ACCEPT' if d.accepted else 'REJECT'}  {d.score:.4f} "
@@ -242,7 +243,7 @@ def identify(
     batch = verifier.identify_many([str(a) for a in audio], top=top, threshold=threshold)
     report_bad(batch.bad_files)
     if json_out:
-        typer.echo(json.dumps([r.as_dict() for r in batch.results], allow_nan=False))
+        typer.echo(json.dumps([{**r.as_dict(), "device": verifier.encoder.device} for r in batch.results], allow_nan=False))
     else:
         for r in batch.results:
             cands = "  ".join(f"{s} {v:.4f}" for s, v in r.candidates)
@@ -272,7 +273,7 @@ def embed_cmd(
     write_private(out, lambda f: np.save(f, matrix))
     write_private(rows_out, lambda f: f.write("".join(p + "\n" for p, _ in kept).encode("utf-8", "surrogateescape")))
     if json_out:
-        typer.echo(json.dumps({"out": str(out), "rows": [p for p, _ in kept], "bad_files": errors}))
+        typer.echo(json.dumps({"out": str(out), "rows": [p for p, _ in kept], "bad_files": errors, "device": encoder.device}))
     else:
         typer.echo(f"wrote {len(kept)} x {encoder.card.embedding_dim} embeddings to {out} (row order in {rows_out})")
     raise typer.Exit(BAD_INPUT if errors else OK)
@@ -338,7 +339,7 @@ def calibrate(
     cal = verifier.calibrate(trials_path, audio_root, target_far=target_far, use=use.value)
     report_bad(cal.bad_files)
     if json_out:
-        typer.echo(json.dumps(cal.as_dict(), allow_nan=False))
+        typer.echo(json.dumps({**cal.as_dict(), "device": verifier.encoder.device}, allow_nan=False))
     else:
         typer.echo(f"{'format':<6} {'EER %':>7} {'EER thr':>8} {'FAR ' + format(target_far, 'g') + ' thr':>12}")
         for r in cal.formats:
@@ -378,9 +379,11 @@ def info(
         data = VoiceprintStore.open(file).info()
     else:
         from voxfloat.runtime import read_card
+        from voxfloat.runtime.session import make_session
 
         card = read_card(file)
-        data = {"file": str(file), "kind": "model", "bytes": file.stat().st_size, **card.__dict__}
+        device = make_session(file, os.environ.get("VOXFLOAT_DEVICE", "auto"))[1]  # where verbs would run it
+        data = {"file": str(file), "kind": "model", "bytes": file.stat().st_size, "device": device, **card.__dict__}
     if json_out:
         typer.echo(json.dumps(data, indent=1, default=str))
     else:
