@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -50,8 +51,12 @@ def test_record_matches_the_shipped_bytes_and_graph() -> None:
 
 
 def test_wheel_carries_the_model_its_record_and_the_notices(tmp_path: Path) -> None:
+    src = tmp_path / "src"  # a copy, so that setuptools' build/ folder never lands in the work tree
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md", "LICENSE", "NOTICE", "voxfloat", "runtime", "store", "export"):
+        (shutil.copytree if (ROOT / name).is_dir() else shutil.copy)(ROOT / name, src / name)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path),
-                    str(ROOT)], check=True, capture_output=True)
+                    str(src)], check=True, capture_output=True)
     names = zipfile.ZipFile(next(tmp_path.glob("voxfloat-*.whl"))).namelist()
     assert {"voxfloat/runtime/models/ge2e.onnx", "voxfloat/runtime/models/ge2e.json"} <= set(names)
     assert {n.rsplit("/", 1)[-1] for n in names if ".dist-info/licenses/" in n} >= {"LICENSE", "NOTICE"}
