@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ from voxfloat.store import VoiceprintStore
 
 TOKEN = "s3cret-token"
 MAX_BODY_MB = 1.0
+BODY_TIMEOUT = 2.0
 
 
 def voxfloat(*args: object, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -82,7 +84,8 @@ def server(model: Path, speakers: list[Path], tmp_path_factory) -> Iterator[Serv
     token_file = tmp / "token"
     token_file.write_text(TOKEN + "\n")
     process, url = start_server("--store", store, "--token-file", token_file,
-                                "--max-body-mb", MAX_BODY_MB, "--threads", 1, log=tmp / "server.log")
+                                "--max-body-mb", MAX_BODY_MB, "--body-timeout", BODY_TIMEOUT, "--threads", 1,
+                                log=tmp / "server.log")
     yield Server(url, store, process, tmp / "server.log")
     stop(process)
 
@@ -211,6 +214,20 @@ def test_body_limit_holds_while_streaming(server: Server) -> None:
     with server.client() as c:
         r = c.post("/verify", params={"speaker": "x"}, content=chunks())
     assert r.status_code == 413 and "too large" in r.json()["error"]
+
+
+def test_a_body_that_does_not_arrive_gets_408_and_others_are_served(server: Server) -> None:
+    port = int(server.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(f"POST /verify?speaker=x HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {TOKEN}\r\n"
+                     "Content-Length: 100000\r\n\r\n".encode() + bytes(100))
+        with server.client() as c:
+            assert c.get("/health").status_code == 200
+        start, reply = time.monotonic(), b""
+        while b"}" not in reply and (chunk := sock.recv(65536)):
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 408") and b"not received within" in reply
+    assert time.monotonic() - start < BODY_TIMEOUT + 10
 
 
 def test_routes_methods_and_token(server: Server) -> None:

@@ -36,6 +36,7 @@ log = logging.getLogger("voxfloat.serve")
 CONFIG_ENV = "VOXFLOAT_SERVE_CONFIG"  # how `--workers N` hands the configuration to each worker process
 DEFAULT_MAX_BODY_MB = 25.0            # a 60 s stereo 48 kHz float WAV is 23 MB; encoded types are far smaller
 DRAIN_FACTOR = 4                      # an oversized body is read and dropped up to this many times the limit
+AUDIO_SLOTS = 8                       # requests per worker whose audio is read and held at once; the rest wait
 MAX_TOP = 1000
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 MAX_TOKEN_BYTES = 4096
@@ -51,6 +52,7 @@ class ServeConfig:
     threads: int = 1   # one request at a time per worker: more intra-op threads mostly spin on a shared box
     token_file: str | None = None
     max_body_mb: float = DEFAULT_MAX_BODY_MB
+    body_seconds: float = 60.0  # a body must have arrived this long after its request's turn came, else 408
 
 
 class ApiError(Exception):
@@ -104,7 +106,25 @@ class Service:
     def __init__(self, config: ServeConfig, verifier: Verifier) -> None:
         self.config, self.verifier = config, verifier
         self.max_body = int(config.max_body_mb * 2**20)
-        self.limiter: anyio.CapacityLimiter | None = None  # created inside the event loop
+        self.limiter: anyio.CapacityLimiter | None = None  # both created inside the event loop
+        self.slots: anyio.Semaphore | None = None
+
+    async def with_audio(self, request: Request, fn: Callable[[bytes], Any]) -> Any:
+        """Read the body and run fn(body) through `call`, holding one of AUDIO_SLOTS throughout.
+
+        Requests beyond the slots wait with their bodies unread (uvicorn stops reading a socket whose body
+        the application has not asked for), so memory stays near AUDIO_SLOTS bodies however many arrive.
+        """
+        if self.slots is None:
+            self.slots = anyio.Semaphore(AUDIO_SLOTS)
+        async with self.slots:
+            try:
+                with anyio.fail_after(self.config.body_seconds):
+                    audio = await self.body(request)
+            except TimeoutError:
+                raise ApiError(408, f"request body not received within {self.config.body_seconds:g} s "
+                                    "(--body-timeout)") from None
+            return await self.call(fn, audio)
 
     async def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run a Verifier call in the thread pool, serialised; the package's errors become ApiErrors."""
@@ -148,22 +168,19 @@ class Service:
 
     async def verify(self, request: Request) -> JSONResponse:
         speaker = speaker_param(request)
-        audio = await self.body(request)
 
-        def work() -> dict:
+        def work(audio: bytes) -> dict:
             if speaker not in self.verifier.speakers():
                 raise ApiError(404, f"no speaker {speaker!r} enrolled in {self.config.store}")
             return self.verifier.verify(audio, speaker).as_dict()
 
-        d = await self.call(work)
+        d = await self.with_audio(request, work)
         return JSONResponse({k: d[k] for k in ("speaker", "score", "threshold", "threshold_source", "format",
                                                "accepted")})
 
     async def identify(self, request: Request) -> JSONResponse:
         top = int_param(request, "top", 1, 1, MAX_TOP)
-        audio = await self.body(request)
-
-        found = await self.call(self.verifier.identify, audio, top=top)
+        found = await self.with_audio(request, lambda audio: self.verifier.identify(audio, top=top))
         return JSONResponse({"candidates": [{"speaker": s, "score": round(v, 6)} for s, v in found.candidates],
                              "decision": found.decision, "threshold": found.threshold,
                              "threshold_source": found.threshold_source, "format": found.format})
@@ -175,8 +192,8 @@ class Service:
         except StoreError as e:
             raise ApiError(400, str(e)) from None
         replace = bool_param(request, "replace")
-        audio = await self.body(request)
-        report = await self.call(self.verifier.enroll, speaker, [audio], replace=replace, extend=True)
+        report = await self.with_audio(
+            request, lambda audio: self.verifier.enroll(speaker, [audio], replace=replace, extend=True))
         if not report.enrolled:
             raise ApiError(422, report.bad_files[0] if report.bad_files else f"{speaker}: nothing enrolled")
         return JSONResponse({"speaker": speaker, "utterances": report.enrolled[0][1], "replaced": replace,
