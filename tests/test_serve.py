@@ -306,6 +306,11 @@ def test_store_replaced_on_disk_is_served_without_restart(server: Server, model:
             r = c.post("/verify", params={"speaker": speakers[3].name}, content=body)
             assert r.status_code == 200 and r.json()["accepted"] is True
             assert c.get("/health").json()["count"] == 2
+            junk = server.store.with_suffix(".junk")
+            junk.write_bytes(b"not a store")
+            os.replace(junk, server.store)
+            for r in (c.get("/speakers"), c.post("/verify", params={"speaker": speakers[3].name}, content=body)):
+                assert r.status_code == 409 and str(server.store) in r.json()["error"]
         finally:
             restore = server.store.with_suffix(".restore")
             restore.write_bytes(before)
