@@ -3,7 +3,7 @@
 Leave-one-out trials: each utterance of a speaker with at least two is scored against that speaker's
 voiceprint built without it (genuine) and against every other enrolled speaker's voiceprint (impostor),
 voiceprints built as the store builds them and passed through the store's format. The operating point
-(OPERATING_POINT) is where the impostor z-score is RATIO times the genuine z-score under normal fits of
+is the threshold t with (t - mean_imp) / sd_imp = RATIO (mean_gen - t) / sd_gen under normal fits of
 both score sets, pulled towards the model's default by PRIOR_TRIALS pseudo-trials so that a small
 enrollment moves it a little and a large one decides it. bench/default_threshold.py measures the model
 default at the same point on held-out real speech; `voxfloat calibrate` on a trial list overrides both.
@@ -24,7 +24,6 @@ RATIO = 1.3            # impostor z over genuine z at the operating point: errs 
 PRIOR_TRIALS = 20      # weight of the model's default, in genuine trials
 SELF = "self-calibrated at enrollment"
 TRIALS = "calibrated on"  # how `calibrate` (a trial list) begins its source: never overridden here
-OPERATING_POINT = f"threshold t with (t - mean_imp) / sd_imp = {RATIO} (mean_gen - t) / sd_gen"
 
 Roundtrip = Callable[[np.ndarray], np.ndarray]
 
@@ -58,20 +57,22 @@ def leave_one_out_scores(by_speaker: Mapping[str, np.ndarray], roundtrip: Roundt
     `roundtrip` maps (k, D) voiceprints through the store's format (encode then decode); None keeps float.
     """
     trip = roundtrip or (lambda V: V)
-    units = {s: _unit(E) for s, E in by_speaker.items() if len(E) >= 2}
-    if len(units) < 2:
-        return np.zeros(0), np.zeros(0), len(units)
-    names = list(units)
-    full = _unit(trip(np.stack([_unit(u.mean(axis=0)) for u in units.values()]).astype(np.float32)))
+    kept = {s: np.asarray(E, np.float64) for s, E in by_speaker.items() if len(E) >= 2}
+    if len(kept) < 2:
+        return np.zeros(0), np.zeros(0), len(kept)
+    norms = {s: np.linalg.norm(E, axis=1) for s, E in kept.items()}
+    units = {s: _unit(E) for s, E in kept.items()}
+    # as VoiceprintStore.add: the normalised mean of unit embeddings, at the mean norm of the embeddings
+    full = np.stack([_unit(units[s].mean(axis=0)) * norms[s].mean() for s in kept])
+    full = _unit(trip(full.astype(np.float32)))
     genuine, impostor = [], []
-    for i, s in enumerate(names):
-        u = units[s]
-        k = len(u)
-        held_out = (u.sum(axis=0, keepdims=True) - u) / (k - 1)          # row j: mean of the others
-        held_out = _unit(trip(_unit(held_out).astype(np.float32)))
+    for i, s in enumerate(kept):
+        u, n, k = units[s], norms[s], len(units[s])
+        held_out = _unit(u.sum(axis=0, keepdims=True) - u) * ((n.sum() - n) / (k - 1))[:, None]  # row j: without j
+        held_out = _unit(trip(held_out.astype(np.float32)))
         genuine.append(np.einsum("ij,ij->i", u, held_out))
         impostor.append((u @ np.delete(full, i, axis=0).T).ravel())
-    return np.concatenate(genuine), np.concatenate(impostor), len(names)
+    return np.concatenate(genuine), np.concatenate(impostor), len(kept)
 
 
 def operating_point(genuine: np.ndarray, impostor: np.ndarray, ratio: float = RATIO) -> float:
