@@ -11,6 +11,7 @@ Heavy modules (onnxruntime, numba) load on first use, not on import.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import logging
 import math
@@ -30,12 +31,13 @@ from voxfloat.selfcal import SelfCalibration, calibrate_enrollment
 
 if TYPE_CHECKING:
     from voxfloat.evaluate import Trials
+    from voxfloat.ray_engine import RayOptions
     from voxfloat.runtime.encoder import SpeakerEncoder
     from voxfloat.store import VoiceprintStore
 
 __all__ = ["AudioLike", "Batch", "Calibration", "DEFAULT_MAX_SECONDS", "Decision", "EnrollReport", "Embedded",
            "Identification", "ListError", "UsageError", "Verifier", "VoxfloatError", "check_threshold",
-           "embed_audio", "embed_trials", "open_encoder", "read_enrollment_list"]
+           "embed_audio", "embed_trials", "enroll_shards", "open_encoder", "read_enrollment_list", "shard_path"]
 
 AudioLike = Union[str, os.PathLike, bytes, np.ndarray]
 T = TypeVar("T")
@@ -112,6 +114,7 @@ class EnrollReport:
     bad_files: list[str]             # one "<file>: <problem>" line each
     speakers_in_store: int
     threshold: SelfCalibration | None = None  # what enrollment did to the store's threshold (voxfloat.selfcal)
+    device: str = ""                           # where the embeddings were computed
 
     @property
     def complete(self) -> bool:
@@ -123,7 +126,7 @@ class EnrollReport:
         return {"store": self.store, "enrolled": [{"speaker": s, "utterances": n} for s, n in self.enrolled],
                 "skipped_speakers": self.already_enrolled + self.no_audio, "bad_files": self.bad_files,
                 "speakers_in_store": self.speakers_in_store,
-                "threshold": self.threshold.as_dict() if self.threshold else None}
+                "threshold": self.threshold.as_dict() if self.threshold else None, "device": self.device}
 
 
 @dataclass(frozen=True)
@@ -164,8 +167,11 @@ class Embedded:
 
 
 def open_encoder(model: str | os.PathLike | None = None, *, device: str = "auto", threads: int = 0,
-                 max_seconds: float = DEFAULT_MAX_SECONDS) -> "SpeakerEncoder":
-    """Load a model (None: the shipped default) on `device`, refusing audio longer than `max_seconds`."""
+                 max_seconds: float = DEFAULT_MAX_SECONDS, ray: "RayOptions | None" = None,
+                 vad: bool = True) -> "SpeakerEncoder":
+    """Load a model (None: the shipped default) on `device`, embedding only the speech of each input (`vad`, see
+    voxfloat.runtime.vad) and at most `max_seconds` of it;
+    with `ray`, files are embedded by an actor pool on that Ray cluster instead (see voxfloat.ray_engine)."""
     from voxfloat.runtime.encoder import SpeakerEncoder
 
     if device not in DEVICES:
@@ -177,7 +183,11 @@ def open_encoder(model: str | os.PathLike | None = None, *, device: str = "auto"
         from voxfloat.runtime.default_model import default_model_path
 
         model = default_model_path()
-    return SpeakerEncoder(model, device=device, threads=threads, max_seconds=max_seconds)
+    if ray is not None:
+        from voxfloat.ray_engine import RayEncoder
+
+        return RayEncoder(model, {"threads": threads, "max_seconds": max_seconds, "vad": bool(vad)}, ray)
+    return SpeakerEncoder(model, device=device, threads=threads, max_seconds=max_seconds, vad=bool(vad))
 
 
 def embed_audio(encoder: "SpeakerEncoder", items: Sequence[AudioLike], progress: bool = False
@@ -205,11 +215,13 @@ def embed_audio(encoder: "SpeakerEncoder", items: Sequence[AudioLike], progress:
             continue
         try:
             if isinstance(x, (bytes, bytearray, memoryview)):
-                waves.append((i, load_audio(bytes(x), card.sample_rate, card.min_seconds, encoder.max_seconds,
-                                            name=f"<audio bytes #{i}>")))
+                name = f"<audio bytes #{i}>"
+                wave = load_audio(bytes(x), card.sample_rate, card.min_seconds, encoder.recording_limit, name=name)
+                waves.append((i, encoder.speech(wave, name)))
             elif isinstance(x, np.ndarray):
-                waves.append((i, check_waveform(x, card.sample_rate, card.min_seconds, encoder.max_seconds,
-                                                name=f"<waveform #{i}>")))
+                name = f"<waveform #{i}>"
+                wave = check_waveform(x, card.sample_rate, card.min_seconds, encoder.recording_limit, name=name)
+                waves.append((i, encoder.speech(wave, name)))
             else:
                 raise UsageError(f"audio item {i}: expected a path, bytes or a float32 waveform, got {type(x).__name__}")
         except AudioError as e:
@@ -294,7 +306,8 @@ class Verifier:
     def __init__(self, store: str | os.PathLike, model: str | os.PathLike | None = None, *,
                  device: str = "auto", threads: int = 0, vad: bool = True,
                  max_seconds: float = DEFAULT_MAX_SECONDS,
-                 format: str | None = None, scale: str | None = None, progress: bool = False) -> None:
+                 format: str | None = None, scale: str | None = None, progress: bool = False,
+                 ray: "RayOptions | None" = None) -> None:
         from voxfloat.store import FORMATS, SCALE_MODES
 
         if not isinstance(store, (str, os.PathLike)):
@@ -309,7 +322,7 @@ class Verifier:
         self.model = Path(model) if model is not None else None
         self.device, self.threads, self.vad, self.progress = device, threads, bool(vad), progress
         self.max_seconds = _positive(max_seconds, "max_seconds")
-        self.format, self.scale = format, scale
+        self.format, self.scale, self.ray = format, scale, ray
         self._encoder: SpeakerEncoder | None = None
         self._store: VoiceprintStore | None = None
         self._stamp: tuple[int, ...] | None = None
@@ -322,7 +335,7 @@ class Verifier:
         """The model, loaded on first use."""
         if self._encoder is None:
             self._encoder = open_encoder(self.model, device=self.device, threads=self.threads,
-                                         max_seconds=self.max_seconds)
+                                         max_seconds=self.max_seconds, ray=self.ray, vad=self.vad)
         return self._encoder
 
     def _opened(self, required: bool = True) -> "VoiceprintStore | None":
@@ -353,6 +366,7 @@ class Verifier:
             raise StoreError(f"{store.path}: wrong dimension: the store holds {store.dim}-dim voiceprints, "
                              f"the model gives {card.embedding_dim}")
         note = store.check_model(card.fingerprint, card.quantization)
+        store.check_preprocessing(self.encoder.preprocessing)
         if note:  # a quantized child of the store's model, accepted on its recorded parity: say so once
             logging.getLogger(__name__).warning(note)
 
@@ -417,7 +431,8 @@ class Verifier:
                 by_speaker.setdefault(speaker, []).append(row)
         create = {} if existing is not None else {
             "fmt": self.format or "e4m3", "scale": self.scale or "vector", "dim": card.embedding_dim,
-            "model": {"fingerprint": card.fingerprint, "arch": card.arch, "source": card.source}}
+            "model": {"fingerprint": card.fingerprint, "arch": card.arch, "source": card.source},
+            "preprocessing": self.encoder.preprocessing}
         added, skipped = [], []
         with VoiceprintStore.edit(self.path, **create) as store:
             self._check_model(store)
@@ -435,7 +450,7 @@ class Verifier:
             total = len(store)
         self._stamp = None
         no_audio = [s for s in dict.fromkeys(s for s, _ in pairs) if s not in by_speaker]
-        return EnrollReport(str(self.path), added, skipped, no_audio, errors, total, threshold)
+        return EnrollReport(str(self.path), added, skipped, no_audio, errors, total, threshold, self.encoder.device)
 
     def remove(self, *speakers: str) -> list[str]:
         """Delete speakers' voiceprints (one atomic rewrite; nothing is written if none is enrolled); the ids removed."""
@@ -550,6 +565,37 @@ class Verifier:
                 "device": enc.device, "format": store.format, "scale": store.scale, "dim": store.dim,
                 "count": len(store), "threshold": thr, "threshold_source": source,
                 "preprocessing": store.info().get("preprocessing")}
+
+
+def shard_of(speaker: str, shards: int) -> int:
+    """The shard a speaker belongs to: a stable hash of its id (the same on every machine and run)."""
+    return int.from_bytes(hashlib.sha256(speaker.encode("utf-8")).digest()[:8], "big") % shards
+
+
+def shard_path(out: str | os.PathLike, shard: int, shards: int) -> Path:
+    """S.vxf -> S.02-of-16.vxf: where shard `shard` of `shards` is written."""
+    out, width = Path(out), len(str(shards))
+    return out.with_name(f"{out.stem}.{shard:0{width}d}-of-{shards}{out.suffix}")
+
+
+def enroll_shards(out: str | os.PathLike, pairs: Sequence[tuple[str, AudioLike]], shards: int, *,
+                  replace: bool = False, **verifier_args: object) -> list[EnrollReport]:
+    """Enroll into `shards` stores split by speaker hash, each written atomically under its own lock.
+
+    One encoder (local or Ray) serves every shard; `voxfloat merge` joins the shards into one store.
+    """
+    if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
+        raise UsageError(f"shards must be a whole number >= 1, got {shards!r}")
+    groups: dict[int, list[tuple[str, AudioLike]]] = {}
+    for speaker, audio in pairs:
+        groups.setdefault(shard_of(speaker, shards), []).append((speaker, audio))
+    reports, encoder = [], None
+    for k in sorted(groups):
+        verifier = Verifier(shard_path(out, k, shards), **verifier_args)  # type: ignore[arg-type]
+        verifier._encoder = encoder  # the first shard loads the model, the others reuse it
+        reports.append(verifier.enroll_many(groups[k], replace=replace))
+        encoder = verifier.encoder
+    return reports
 
 
 def _single(batch: Batch[T]) -> T:

@@ -15,18 +15,22 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import numpy as np
 import typer
 from typer.core import TyperGroup
 
-from voxfloat.api import (DEFAULT_MAX_SECONDS, Verifier, check_threshold, embed_audio, embed_trials, open_encoder,
-                          read_enrollment_list)
+from voxfloat.api import (DEFAULT_MAX_SECONDS, Verifier, check_threshold, embed_audio, embed_trials, enroll_shards,
+                          open_encoder, read_enrollment_list)
 from voxfloat.errors import OutputError, UsageError, VoxfloatError
 from voxfloat.export import ARCHS
 from voxfloat.files import output_target, write_private
 from voxfloat.store import FORMATS, SCALE_MODES, VoiceprintStore
+from voxfloat.store.vxf import looks_like_store
+
+if TYPE_CHECKING:
+    from voxfloat.ray_engine import RayOptions
 
 OK, REJECTED, USAGE, BAD_INPUT, FATAL, CRASH = 0, 1, 2, 3, 4, 70
 # --help, usage errors and exit codes are typer's business; typer >= 0.28 carries its own copy of click's
@@ -73,6 +77,11 @@ class Device(str, Enum):
 class Point(str, Enum):
     eer = "eer"
     far = "far"
+
+
+class Engine(str, Enum):
+    local = "local"
+    ray = "ray"
 
 
 # Paths are checked by voxfloat itself (readable=False): an unreadable file is one listed line, not a usage error.
@@ -127,7 +136,27 @@ def seconds_option(value: float) -> float:
 ThresholdOpt = Annotated[Optional[float], typer.Option(callback=threshold_option,
                                                        help="Override the store's threshold (a cosine in [-1, 1]).")]
 MaxSecondsOpt = Annotated[float, typer.Option("--max-seconds", callback=seconds_option,
-                                              help="Refuse (and list) audio longer than this, checked before decoding.")]
+                                              help="Embed at most this many seconds of speech; a recording over 4 times as long "
+                                                   "(with --no-vad: over this long) is refused, and listed, before decoding.")]
+VadOpt = Annotated[bool, typer.Option("--vad/--no-vad", help="Embed only the detected speech (Silero VAD); "
+                                      "a store records which, and refuses audio prepared the other way.")]
+
+
+EngineOpt = Annotated[Engine, typer.Option(help="local: this process; ray: an actor pool on a Ray cluster (pip install 'voxfloat[ray]').")]
+AddressOpt = Annotated[Optional[str], typer.Option(help="Ray cluster address (--engine ray; default: start a local one).")]
+WorkersOpt = Annotated[int, typer.Option(min=1, help="Ray actors embedding at once (--engine ray).")]
+GpusOpt = Annotated[float, typer.Option(min=0.0, help="GPUs per Ray actor; 0 runs the actors on CPU (--engine ray).")]
+
+
+def ray_options(engine: Engine, address: Optional[str], workers: int, gpus_per_worker: float) -> "RayOptions | None":
+    """The Ray settings of --engine ray, or None for the local engine (which takes none of them)."""
+    if engine is Engine.local:
+        if address is not None or workers != 1 or gpus_per_worker:
+            raise typer.BadParameter("--address, --workers and --gpus-per-worker go with --engine ray")
+        return None
+    from voxfloat.ray_engine import RayOptions
+
+    return RayOptions(address=address, workers=workers, gpus_per_worker=gpus_per_worker)
 
 
 def parse_list(value: str, allowed: tuple[str, ...] | dict, what: str) -> list[str]:
@@ -179,31 +208,40 @@ def enroll(
     format: Annotated[Optional[str], typer.Option("--format", help=f"One of {', '.join(FORMATS)} (new stores; default e4m3).")] = None,
     scale: Annotated[Optional[str], typer.Option(help=f"One of {', '.join(SCALE_MODES)} (new stores; default vector).")] = None,
     replace: Annotated[bool, typer.Option(help="Re-enroll speakers the store already has.")] = False,
-    model: ModelOpt = None, max_seconds: MaxSecondsOpt = DEFAULT_MAX_SECONDS,
+    shards: Annotated[int, typer.Option(min=1, help="Split the speakers by id hash into K stores S.00-of-K.vxf ... (join them with `voxfloat merge`).")] = 1,
+    model: ModelOpt = None, max_seconds: MaxSecondsOpt = DEFAULT_MAX_SECONDS, vad: VadOpt = True,
     device: DeviceOpt = Device.auto, threads: ThreadsOpt = 0, json_out: JsonOpt = False,
+    engine: EngineOpt = Engine.local, address: AddressOpt = None, workers: WorkersOpt = 1, gpus_per_worker: GpusOpt = 0.0,
 ) -> None:
     """Enroll speakers into a store: each speaker is the normalised mean of its utterances' embeddings."""
     if format is not None:
         parse_list(format, FORMATS, "format")
     if scale is not None:
         parse_list(scale, SCALE_MODES, "scale mode")
+    cluster = ray_options(engine, address, workers, gpus_per_worker)
     pairs = read_enrollment_list(source)
-    verifier = Verifier(out, model, device=device.value, threads=threads, max_seconds=max_seconds,
-                        format=format, scale=scale, progress=not json_out)
-    report = verifier.enroll_many(pairs, replace=replace)
-    report_bad(report.bad_files)
-    for speaker in report.already_enrolled:
-        typer.echo(f"voxfloat: skipped: {speaker}: already enrolled in {out} (use --replace)", err=True)
-    for speaker in report.no_audio:
-        typer.echo(f"voxfloat: skipped: {speaker}: no readable audio", err=True)
-    if json_out:
-        typer.echo(json.dumps(report.as_dict()))
+    args = dict(model=model, device=device.value, threads=threads, max_seconds=max_seconds, vad=vad, format=format,
+                scale=scale, progress=not json_out, ray=cluster)
+    if shards == 1:
+        verifier = Verifier(out, **args)
+        reports = [verifier.enroll_many(pairs, replace=replace)]
     else:
+        reports = enroll_shards(out, pairs, shards, replace=replace, **args)
+    for report in reports:
+        report_bad(report.bad_files)
+        for speaker in report.already_enrolled:
+            typer.echo(f"voxfloat: skipped: {speaker}: already enrolled in {report.store} (use --replace)", err=True)
+        for speaker in report.no_audio:
+            typer.echo(f"voxfloat: skipped: {speaker}: no readable audio", err=True)
+    if json_out:
+        docs = [r.as_dict() for r in reports]
+        typer.echo(json.dumps(docs[0] if shards == 1 else {"shards": docs}))
+    for report in [] if json_out else reports:
         typer.echo(f"enrolled {len(report.enrolled)} speakers ({sum(n for _, n in report.enrolled)} utterances) "
-                   f"into {out}; it now holds {report.speakers_in_store}")
+                   f"into {report.store}; it now holds {report.speakers_in_store}")
         if report.threshold is not None and report.threshold.threshold is not None:
             typer.echo(f"threshold {report.threshold.threshold:.4f}: {report.threshold.source}")
-    raise typer.Exit(OK if report.complete else BAD_INPUT)
+    raise typer.Exit(OK if all(r.complete for r in reports) else BAD_INPUT)
 
 
 @app.command()
@@ -211,10 +249,10 @@ def verify(
     audio: AudioArg, store_path: StoreOpt,
     speaker: Annotated[str, typer.Option(help="Claimed speaker id.")],
     threshold: ThresholdOpt = None, model: ModelOpt = None, max_seconds: MaxSecondsOpt = DEFAULT_MAX_SECONDS,
-    device: DeviceOpt = Device.auto, threads: ThreadsOpt = 0, json_out: JsonOpt = False,
+    vad: VadOpt = True, device: DeviceOpt = Device.auto, threads: ThreadsOpt = 0, json_out: JsonOpt = False,
 ) -> None:
     """Score audio against one enrolled speaker and accept or reject with the store's format's threshold."""
-    verifier = Verifier(store_path, model, device=device.value, threads=threads, max_seconds=max_seconds)
+    verifier = Verifier(store_path, model, device=device.value, threads=threads, max_seconds=max_seconds, vad=vad)
     batch = verifier.verify_many([str(a) for a in audio], speaker, threshold=threshold)
     report_bad(batch.bad_files)
     if json_out:
@@ -233,13 +271,13 @@ def identify(
     audio: AudioArg, store_path: StoreOpt,
     top: Annotated[int, typer.Option(min=1, help="How many candidates to list.")] = 1,
     threshold: ThresholdOpt = None, model: ModelOpt = None, max_seconds: MaxSecondsOpt = DEFAULT_MAX_SECONDS,
-    device: DeviceOpt = Device.auto, threads: ThreadsOpt = 0, json_out: JsonOpt = False,
+    vad: VadOpt = True, device: DeviceOpt = Device.auto, threads: ThreadsOpt = 0, json_out: JsonOpt = False,
 ) -> None:
     """Find the enrolled speakers closest to each audio file (1:N); below the threshold means unknown.
 
     Without a threshold (none given, calibrated or in the model) the best candidate is the answer (closed set).
     """
-    verifier = Verifier(store_path, model, device=device.value, threads=threads, max_seconds=max_seconds)
+    verifier = Verifier(store_path, model, device=device.value, threads=threads, max_seconds=max_seconds, vad=vad)
     batch = verifier.identify_many([str(a) for a in audio], top=top, threshold=threshold)
     report_bad(batch.bad_files)
     if json_out:
@@ -255,14 +293,16 @@ def identify(
 def embed_cmd(
     audio: AudioArg,
     out: Annotated[Path, typer.Option("--out", "-o", readable=False, help="Embeddings (.npy, rows in input order of the readable files; a symbolic link is replaced, never written through).")],
-    model: ModelOpt = None, max_seconds: MaxSecondsOpt = DEFAULT_MAX_SECONDS,
+    model: ModelOpt = None, max_seconds: MaxSecondsOpt = DEFAULT_MAX_SECONDS, vad: VadOpt = True,
     device: DeviceOpt = Device.auto, threads: ThreadsOpt = 0, json_out: JsonOpt = False,
+    engine: EngineOpt = Engine.local, address: AddressOpt = None, workers: WorkersOpt = 1, gpus_per_worker: GpusOpt = 0.0,
 ) -> None:
     """Write raw embeddings (the model's output) for parity checks; the row order is listed beside them."""
+    cluster = ray_options(engine, address, workers, gpus_per_worker)
     rows_out = out.with_suffix(".paths.txt")
     for target in (out, rows_out):
         output_target(target, OutputError, follow_symlinks=False)  # a FIFO or folder is refused before any work
-    encoder = open_encoder(model, device=device.value, threads=threads, max_seconds=max_seconds)
+    encoder = open_encoder(model, device=device.value, threads=threads, max_seconds=max_seconds, ray=cluster, vad=vad)
     rows, errors = embed_audio(encoder, [str(a) for a in audio], progress=not json_out)
     report_bad(errors)
     kept = [(str(a), r) for a, r in zip(audio, rows) if r is not None]
@@ -289,7 +329,7 @@ def eval_cmd(
     plot_path: Annotated[Optional[Path], typer.Option("--plot", help="Write DET curves and score histograms (PNG).")] = None,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the results as JSON.")] = None,
     scores_path: Annotated[Optional[Path], typer.Option("--scores", help="Write per-trial scores (TSV: label enroll test FORMAT/SCALE...).")] = None,
-    model: ModelOpt = None, max_seconds: MaxSecondsOpt = DEFAULT_MAX_SECONDS,
+    model: ModelOpt = None, max_seconds: MaxSecondsOpt = DEFAULT_MAX_SECONDS, vad: VadOpt = True,
     device: DeviceOpt = Device.auto, threads: ThreadsOpt = 0,
 ) -> None:
     """EER, minDCF, EER threshold, decision flips against float32 and FAR/FRR at the model's threshold of every format."""
@@ -299,7 +339,7 @@ def eval_cmd(
     if plot_path:
         with user_errors():
             check_plotting()
-    encoder = open_encoder(model, device=device.value, threads=threads, max_seconds=max_seconds)
+    encoder = open_encoder(model, device=device.value, threads=threads, max_seconds=max_seconds, vad=vad)
     trials, embeddings, paths, errors = embed_trials(encoder, trials_path, audio_root, progress=True)
     report_bad(errors)
     thr = threshold if threshold is not None else encoder.card.threshold
@@ -330,12 +370,12 @@ def calibrate(
     audio_root: Annotated[Path, typer.Option(help="Folder the trial list's paths are relative to.")],
     target_far: Annotated[float, typer.Option(min=1e-6, max=0.5, help="False-acceptance rate of the FAR point (fraction).")] = 0.01,
     use: Annotated[Point, typer.Option(help="Which point `verify` decides with.")] = Point.eer,
-    model: ModelOpt = None, max_seconds: MaxSecondsOpt = DEFAULT_MAX_SECONDS,
+    model: ModelOpt = None, max_seconds: MaxSecondsOpt = DEFAULT_MAX_SECONDS, vad: VadOpt = True,
     device: DeviceOpt = Device.auto, threads: ThreadsOpt = 0, json_out: JsonOpt = False,
 ) -> None:
     """Per-format thresholds (EER point and target-FAR point) from a trial list, stored in the store."""
     verifier = Verifier(store_path, model, device=device.value, threads=threads, max_seconds=max_seconds,
-                        progress=not json_out)
+                        vad=vad, progress=not json_out)
     cal = verifier.calibrate(trials_path, audio_root, target_far=target_far, use=use.value)
     report_bad(cal.bad_files)
     if json_out:
@@ -370,12 +410,38 @@ def remove(
 
 
 @app.command()
+def merge(
+    stores: Annotated[list[Path], typer.Argument(readable=False, help="Stores of one model, format and scale (shards, or stores enrolled apart).")],
+    out: Annotated[Path, typer.Option("--out", "-o", readable=False, help="Merged store: a new file, or one of the inputs.")],
+    replace: Annotated[Optional[str], typer.Option(help="A speaker in two inputs is refused unless this says which wins: first or last.")] = None,
+    thresholds_from: Annotated[Optional[Path], typer.Option(readable=False, help="Keep this input's thresholds (default: kept only when all inputs agree).")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Join stores into one, copying the packed voiceprints byte for byte (written atomically under the lock)."""
+    from voxfloat.store.merge import REPLACE_RULES, merge as merge_stores
+
+    if replace is not None:
+        parse_list(replace, REPLACE_RULES, "replace rule")
+    report = merge_stores(stores, out, replace=replace, thresholds_from=thresholds_from)
+    if json_out:
+        typer.echo(json.dumps({"store": str(report.out), "speakers_in_store": report.speakers,
+                               "utterances": report.utterances, "replaced": report.replaced,
+                               "thresholds": report.thresholds, "threshold_source": report.threshold_source}))
+        return
+    typer.echo(f"merged {len(stores)} stores into {report.out}: {report.speakers} speakers, {report.utterances} "
+               f"utterances" + (f"; {len(report.replaced)} replaced ({replace} wins)" if report.replaced else ""))
+    typer.echo(f"thresholds: {report.thresholds} ({report.threshold_source})" if report.thresholds else
+               "thresholds: none (the inputs had none, or they differ); verify uses the model's default until "
+               "`voxfloat calibrate` sets them, or pass --thresholds-from")
+
+
+@app.command()
 def info(
     file: Annotated[Path, typer.Argument(readable=False, help="A model (.onnx) or store (.vxf) file.")],
     json_out: JsonOpt = False,
 ) -> None:
     """Show what a model or store file holds."""
-    if file.suffix == ".vxf":
+    if looks_like_store(file):
         data = VoiceprintStore.open(file).info()
     else:
         from voxfloat.runtime import read_card
@@ -393,14 +459,15 @@ def info(
 
 @app.command()
 def serve(
-    store_path: Annotated[Path, typer.Option("--store", "-s", help="Store file (.vxf); enroll creates it if missing.")],
+    store_path: Annotated[Path, typer.Option("--store", "-s", help="Store file (.vxf) to serve; `voxfloat enroll` makes one.")],
     model: Annotated[Optional[Path], typer.Option("--model", "-m", help="ONNX model (default: the shipped one).")] = None,
     host: Annotated[str, typer.Option(help="Address to listen on; anything but 127.0.0.1 exposes the service.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535)] = 8080,
     workers: Annotated[int, typer.Option(min=1, help="Processes, each with its own model session and store view.")] = 1,
     token_file: Annotated[Optional[Path], typer.Option(help="File holding a token; requests then need 'Authorization: Bearer TOKEN'.")] = None,
     max_body_mb: Annotated[Optional[float], typer.Option(min=0.01, help="Largest request body accepted, MB (default 25).")] = None,
-    device: DeviceOpt = Device.auto,
+    body_timeout: Annotated[Optional[float], typer.Option(min=0.1, help="Seconds a request body may take to arrive (default 60).")] = None,
+    device: DeviceOpt = Device.auto, vad: VadOpt = True,
     threads: Annotated[int, typer.Option(min=0, help="Intra-op threads per worker (0: ONNX Runtime's choice); scale with --workers.")] = 1,
 ) -> None:
     """HTTP JSON service: verify, identify, enroll, remove; model and store loaded once (see README)."""
@@ -408,8 +475,9 @@ def serve(
         from voxfloat.serve import ServeConfig, serve as run_server
     except ImportError as e:
         fail(f"`voxfloat serve` needs its extra: pip install 'voxfloat[serve]' ({e})")
+    limits = {k: v for k, v in (("max_body_mb", max_body_mb), ("body_seconds", body_timeout)) if v is not None}
     config = ServeConfig(str(store_path), str(model) if model else None, device.value, threads,
-                         str(token_file) if token_file else None, **({"max_body_mb": max_body_mb} if max_body_mb else {}))
+                         str(token_file) if token_file else None, vad=vad, **limits)
     with user_errors():
         run_server(config, host, port, workers)
 
