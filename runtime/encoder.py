@@ -19,6 +19,7 @@ from voxfloat.runtime.audio import AudioError, load_audio
 from voxfloat.runtime.card import INPUT_NAME, OUTPUT_NAME
 from voxfloat.runtime.limits import DEFAULT_MAX_SECONDS
 from voxfloat.runtime.session import ModelError, check_io, make_session, one_line, read_card
+from voxfloat.runtime.vad import OFF, RECORDING_PER_SPEECH, SpeechTrimmer
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -43,7 +44,8 @@ class SpeakerEncoder:
     """
 
     def __init__(self, model_path: PathLike, device: str = "auto", threads: int = 0, batch_size: int = 16,
-                 device_id: int = 0, io_binding: bool | None = None, max_seconds: float = DEFAULT_MAX_SECONDS):
+                 device_id: int = 0, io_binding: bool | None = None, max_seconds: float = DEFAULT_MAX_SECONDS,
+                 vad: bool = True):
         self.path = Path(model_path)
         self.card = read_card(self.path)  # metadata checked, fingerprint computed from the graph itself
         if self.card.quantization:  # a quantized child: its graph must be the one its parity was measured on
@@ -51,16 +53,22 @@ class SpeakerEncoder:
             check_recorded_fingerprint(self.path, self.card)
         self.session, self.device = make_session(self.path, device, threads, device_id)
         check_io(self.path, self.session)
-        out_dim = next(o.shape for o in self.session.get_outputs() if o.name == OUTPUT_NAME)[-1]
-        if isinstance(out_dim, int) and out_dim != self.card.embedding_dim:
-            raise ModelError(f"{self.path}: the graph gives {out_dim}-dim embeddings, its metadata says "
-                             f"{self.card.embedding_dim}")
         self.max_seconds = float(max_seconds)
+        self.trimmer = SpeechTrimmer(self.card.sample_rate) if vad else None  # files and bytes: speech only
         self.providers: list[str] = self.session.get_providers()
         self.batch_size = max(1, int(batch_size))
         self._device_id = device_id
         bind = self.device == "cuda" if io_binding is None else io_binding  # None: I/O binding on the GPU only
         self._bind_device = self.device if bind else None
+        self._probe()
+
+    def _probe(self) -> None:
+        """One run on a short noise input at load, so a graph whose output width differs from its metadata, or
+        that fails or gives NaN, is refused with one line before any real audio (_run checks the shape)."""
+        samples = int(self.card.min_seconds * self.card.sample_rate) + 1
+        noise = np.random.default_rng(0).uniform(-0.1, 0.1, (1, samples)).astype(np.float32)
+        if not np.isfinite(self._run(noise)).all():
+            raise ModelError(f"{self.path}: the model gives NaN or inf on a test input (noise, {samples} samples)")
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         """One session run on a (B, T) float32 batch; (B, D) float32."""
@@ -120,11 +128,28 @@ class SpeakerEncoder:
         finite = np.isfinite(out).all(axis=1)
         return out, [None if ok else "the model gave a non-finite embedding (NaN or inf)" for ok in finite]
 
+    @property
+    def preprocessing(self) -> dict:
+        """What is done to decoded audio before the model sees it (a store records it at enrollment)."""
+        return self.trimmer.preprocessing if self.trimmer else dict(OFF)
+
+    @property
+    def recording_limit(self) -> float:
+        """Longest decoded audio accepted, in seconds: with trimming, max_seconds bounds the speech instead."""
+        return self.max_seconds * RECORDING_PER_SPEECH if self.trimmer else self.max_seconds
+
+    def speech(self, wave: np.ndarray, name: str) -> np.ndarray:
+        """What the model embeds of a decoded waveform: its detected speech, the first max_seconds at most
+        (AudioError naming `name` if there is none); without trimming, the waveform itself."""
+        if self.trimmer is None:
+            return wave
+        return self.trimmer.trim(wave, name, self.card.min_seconds, self.max_seconds)
+
     def _decoded(self, paths: Sequence[PathLike]) -> Iterator[tuple[PathLike, np.ndarray | str]]:
         """Yield (path, waveform or error line) in order, decoding in a background thread."""
         q: queue.Queue = queue.Queue(maxsize=2 * self.batch_size)
         stop = threading.Event()
-        sr, min_s, max_s = self.card.sample_rate, self.card.min_seconds, self.max_seconds
+        sr, min_s, max_s = self.card.sample_rate, self.card.min_seconds, self.recording_limit
 
         def put(item: object) -> bool:
             while not stop.is_set():
@@ -139,7 +164,7 @@ class SpeakerEncoder:
             try:
                 for p in paths:
                     try:
-                        item: np.ndarray | str = load_audio(p, sr, min_s, max_s)
+                        item: np.ndarray | str = self.speech(load_audio(p, sr, min_s, max_s), str(p))
                     except AudioError as e:
                         item = str(e)
                     if not put((p, item)):

@@ -116,6 +116,14 @@ def _check_sections(v: object) -> str | None:
     return None
 
 
+def _check_preprocessing(v: object) -> str | None:
+    """What the runtime did to audio before embedding (runtime/vad.py): a flat object with a string "vad"."""
+    if not isinstance(v, dict) or not isinstance(v.get("vad"), str) or len(v) > 32:
+        return f"must be an object of at most 32 settings with a string 'vad', got {v!r}"
+    bad = [k for k, x in v.items() if not isinstance(x, (str, int, float))]  # the JSON reader refuses NaN and inf
+    return f"setting {bad[0]!r} must be a string, number or boolean" if bad else None
+
+
 def _rule(test: Callable[[object], bool], what: str) -> Callable[[object], str | None]:
     return lambda v: None if test(v) else f"must be {what}, got {v!r}"
 
@@ -134,7 +142,7 @@ HEADER_FIELDS: dict[str, Callable[[object], str | None]] = {
     "enrollment": _rule(lambda v: v == ENROLLMENT, repr(ENROLLMENT)),
     "created": _rule(_iso_time, "an ISO-8601 time"),
     "updated": _rule(_iso_time, "an ISO-8601 time"),
-    "preprocessing": _rule(lambda v: isinstance(v, dict), "an object"),
+    "preprocessing": _check_preprocessing,
     "sections": _check_sections,
 }
 REQUIRED = ("format", "scale", "dim", "count", "row_bytes", "model", "thresholds", "enrollment", "sections")
@@ -158,6 +166,17 @@ def check_header(header: object, written: bool = True) -> str | None:
         if problem:
             return f"{key} {problem}"[:200]
     return None
+
+
+def looks_like_store(path: Path) -> bool:
+    """Whether `path` is meant as a store: a .vxf name, a writer's temporary name, or the .vxf magic inside."""
+    if path.suffix == ".vxf" or is_temporary(path):
+        return True
+    try:
+        with open_regular(path, StoreError) as f:
+            return f.read(len(MAGIC)) == MAGIC
+    except (StoreError, OSError):
+        return False
 
 
 def read(path: Path, row_bytes_for: Callable[[dict], int]) -> Mapped:
