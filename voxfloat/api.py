@@ -252,8 +252,11 @@ def read_enrollment_list(source: str | os.PathLike) -> list[tuple[str, str]]:
             raise ListError(f"{where}: {e}") from None
 
     if source.is_dir():
-        pairs = [(speaker_id(d.name, str(d)), str(f)) for d in sorted(source.iterdir()) if d.is_dir()
-                 for f in sorted(d.rglob("*")) if f.suffix.lower() in AUDIO_SUFFIXES]
+        try:
+            pairs = [(speaker_id(d.name, str(d)), str(f)) for d in sorted(source.iterdir()) if d.is_dir()
+                     for f in sorted(d.rglob("*")) if f.suffix.lower() in AUDIO_SUFFIXES]
+        except OSError as e:
+            raise ListError(f"{e.filename or source}: cannot list the folder: {e.strerror}") from None
         if not pairs:
             raise ListError(f"{source}: no speaker sub-folders with audio files")
         return pairs

@@ -339,6 +339,9 @@ def eval_cmd(
     if plot_path:
         with user_errors():
             check_plotting()
+    for target in (plot_path, json_path, scores_path):
+        if target:
+            output_target(target, OutputError, follow_symlinks=False)  # a FIFO or folder is refused before any work
     encoder = open_encoder(model, device=device.value, threads=threads, max_seconds=max_seconds, vad=vad)
     trials, embeddings, paths, errors = embed_trials(encoder, trials_path, audio_root, progress=True)
     report_bad(errors)

@@ -44,7 +44,8 @@ def read_trials(path: str | Path) -> Trials:
     """Parse `label enroll test` lines; blank lines are ignored, anything else malformed is an error."""
     labels, enroll, test = bytearray(), array("i"), array("i")
     index: dict[str, int] = {}
-    with open_regular(path, TrialsError, "trial list") as raw, io.TextIOWrapper(raw, encoding="utf-8") as text:
+    # utf-8-sig: a byte-order mark, as editors on Windows write it, is not part of the first label
+    with open_regular(path, TrialsError, "trial list") as raw, io.TextIOWrapper(raw, encoding="utf-8-sig") as text:
         try:
             for n, line in enumerate(text, 1):
                 parts = line.split()
