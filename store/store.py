@@ -20,11 +20,17 @@ from voxfloat.store.formats import FORMATS
 from voxfloat.store.vxf import ENROLLMENT, check_speaker_id
 
 CHILD_MIN_COSINE = 0.99  # a quantized child of the store's model is accepted at this recorded mean cosine to it
-CREATE_ARGS = {"fmt", "scale", "dim", "model", "thresholds"}
+CREATE_ARGS = {"fmt", "scale", "dim", "model", "thresholds", "preprocessing"}
+UNTRIMMED = {"vad": "off"}  # what a store without a preprocessing record was enrolled with
 
 
 def _now() -> str:
     return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+
+
+def _describe(preprocessing: dict) -> str:
+    """A preprocessing record on one line: `vad=silero threshold=0.5 ...`."""
+    return " ".join(f"{k}={v}" for k, v in preprocessing.items()) if isinstance(preprocessing, dict) else repr(preprocessing)
 
 
 def _header_codec(header: dict) -> Codec:
@@ -78,7 +84,7 @@ class VoiceprintStore:
 
     @classmethod
     def _new(cls, path: Path, *, fmt: str, scale: str, dim: int, model: dict,
-             thresholds: dict[str, float] | None = None) -> "VoiceprintStore":
+             thresholds: dict[str, float] | None = None, preprocessing: dict | None = None) -> "VoiceprintStore":
         """An empty, writable, not yet written store (arguments checked)."""
         if not isinstance(model, dict) or not isinstance(model.get("fingerprint"), str) \
                 or not isinstance(model.get("arch"), str):
@@ -93,6 +99,8 @@ class VoiceprintStore:
         header = {"format": fmt, "scale": scale, "dim": dim, "count": 0, "row_bytes": codec.row_bytes(dim),
                   "model": model, "thresholds": {}, "threshold_source": None, "enrollment": ENROLLMENT,
                   "created": now, "updated": now}
+        if preprocessing is not None:
+            header["preprocessing"] = preprocessing
         problem = vxf.check_header(header, written=False)  # never write what a reader would refuse
         if problem:
             raise StoreError(f"{path}: {problem}")
@@ -150,6 +158,8 @@ class VoiceprintStore:
                 raise StoreError(f"{self.path}: the store has {key} {have}, not {create[key]}")
         if isinstance(create.get("model"), dict) and "fingerprint" in create["model"]:
             self.check_model(str(create["model"]["fingerprint"]))
+        if "preprocessing" in create:
+            self.check_preprocessing(create["preprocessing"])
 
     def _write(self) -> None:
         n = self._n
@@ -262,6 +272,13 @@ class VoiceprintStore:
                              f"{CHILD_MIN_COSINE}; enroll again with it or use the parent")
         raise StoreError(f"{self.path}: built with model {self.model['arch']} {have[:12]}, not "
                          f"{fingerprint[:12]}; enroll again with this model or use the matching one")
+
+    def check_preprocessing(self, preprocessing: dict) -> None:
+        """Refuse audio prepared otherwise than the enrolled audio was (speech trimming: detector, version, settings)."""
+        have = self._header.get("preprocessing", UNTRIMMED)
+        if preprocessing != have:
+            raise StoreError(f"{self.path}: enrolled with preprocessing {_describe(have)}, not {_describe(preprocessing)}; "
+                             "use the enrolled settings or enroll again")
 
     def _check_embeddings(self, E: np.ndarray, what: str, finite: bool = True) -> np.ndarray:
         """(k, dim) float32 view of E; `finite` also rejects NaN/inf (the encoder does that itself)."""
@@ -493,6 +510,7 @@ class VoiceprintStore:
             "bits_per_value": 8 * self.codec.row_bytes(self.dim) / self.dim,
             "file_size": self._file_size,
             "model": dict(self.model),
+            "preprocessing": h.get("preprocessing", UNTRIMMED),
             "thresholds": self.thresholds,
             "threshold": self.threshold,
             "threshold_source": h.get("threshold_source"),

@@ -53,6 +53,7 @@ class ServeConfig:
     token_file: str | None = None
     max_body_mb: float = DEFAULT_MAX_BODY_MB
     body_seconds: float = 60.0  # a body must have arrived this long after its request's turn came, else 408
+    vad: bool = True   # embed only the detected speech (voxfloat.runtime.vad), as the store was enrolled
 
 
 class ApiError(Exception):
@@ -270,7 +271,7 @@ async def internal_error(request: Request, exc: Exception) -> JSONResponse:
 
 def create_app(config: ServeConfig) -> ASGIApp:
     """Load the model and the store once and return the ASGI application (bearer check outermost)."""
-    verifier = Verifier(config.store, config.model, device=config.device, threads=config.threads)
+    verifier = Verifier(config.store, config.model, device=config.device, threads=config.threads, vad=config.vad)
     verifier.info()  # load the model and open the store now (checking that they belong together), not on a request
     service = Service(config, verifier)
     routes = [
