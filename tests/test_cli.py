@@ -71,7 +71,8 @@ def test_enroll_skips_bad_files_and_verify_decides(model: Path, enroll_dir: Path
     ok = run("verify", genuine, "--model", model, "--store", store, "--speaker", speakers[2].name, "--json")
     assert ok.exit_code == 0, ok.output
     [r] = json.loads(ok.stdout)
-    assert r["accepted"] and r["format"] == "e2m1" and r["threshold"] == read_card(model).threshold
+    assert r["accepted"] and r["format"] == "e2m1" and r["threshold"] == report["threshold"]["threshold"]
+    assert r["threshold_source"].startswith("self-calibrated at enrollment: 5 speakers")  # voxfloat.selfcal
     no = run("verify", impostor, "--model", model, "--store", store, "--speaker", speakers[2].name, "--json")
     assert no.exit_code == REJECTED and not json.loads(no.stdout)[0]["accepted"]
     unknown = run("verify", genuine, "--model", model, "--store", store, "--speaker", "nobody")
@@ -209,7 +210,9 @@ def test_without_a_threshold_verify_refuses_and_identify_is_closed_set(model: Pa
             p.value = json.dumps(None)
     onnx.save(proto, bare)
     store = tmp_path / "s.vxf"
-    run("enroll", enroll_dir, "--model", bare, "--out", store)
+    two = tmp_path / "two.csv"  # two speakers: too few to self-calibrate (voxfloat.selfcal.MIN_SPEAKERS)
+    two.write_text("".join(f"{d.name},{f}\n" for d in speakers[2:4] for f in sorted(d.glob("*.flac"))[:3]))
+    run("enroll", two, "--model", bare, "--out", store)
     assert VoiceprintStore.open(store).threshold is None
     probe = sorted(speakers[2].glob("*.flac"))[7]
     refused = run("verify", probe, "--model", bare, "--store", store, "--speaker", speakers[2].name)
