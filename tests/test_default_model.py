@@ -10,6 +10,7 @@ import zipfile
 from pathlib import Path
 
 import onnx
+import pytest
 import soundfile as sf
 from real_speech import corpus
 from typer.testing import CliRunner
@@ -34,6 +35,7 @@ main()
 """
 
 
+@pytest.mark.parity  # slow tier: torch
 def test_shipped_model_equals_a_fresh_export(tmp_path: Path) -> None:
     out = tmp_path / "ge2e.onnx"
     result = CliRunner().invoke(app, [*EXPORT_ARGS, "--out", str(out)])
@@ -50,6 +52,7 @@ def test_record_matches_the_shipped_bytes_and_graph() -> None:
     assert card.fingerprint == record["fingerprint"] and card.arch == "ge2e" and card.threshold is not None
 
 
+@pytest.mark.parity  # slow tier: several seconds
 def test_wheel_carries_the_model_its_record_and_the_notices(tmp_path: Path) -> None:
     src = tmp_path / "src"  # a copy, so that setuptools' build/ folder never lands in the work tree
     src.mkdir()
@@ -62,6 +65,7 @@ def test_wheel_carries_the_model_its_record_and_the_notices(tmp_path: Path) -> N
     assert {n.rsplit("/", 1)[-1] for n in names if ".dist-info/licenses/" in n} >= {"LICENSE", "NOTICE"}
 
 
+@pytest.mark.parity  # slow tier: several seconds
 def test_enroll_and_verify_without_model_option_torch_or_onnx(tmp_path: Path) -> None:
     voices = dict(list(corpus(count=4).items())[:3])
     rows = ["speaker,path"]

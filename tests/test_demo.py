@@ -10,6 +10,8 @@ import sys
 import sysconfig
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 _opened: list[tuple[str, str]] | None = None  # (event, path) while recording
 
@@ -53,6 +55,7 @@ def owners(paths: list[Path]) -> dict[Path, set[str]]:
     return found
 
 
+@pytest.mark.parity  # slow tier: several seconds
 def test_every_system_file_the_demo_reads_is_from_a_listed_package(tmp_path: Path) -> None:
     listed = {line.strip() for line in (ROOT / "debian-packages.txt").read_text().splitlines()
               if line.strip() and not line.startswith("#")}

@@ -73,6 +73,7 @@ def test_a_trial_list_calibration_is_never_overridden(tmp_path: Path) -> None:
         assert store.threshold == 0.7 and not cal.changed
 
 
+@pytest.mark.parity  # slow tier: several seconds
 def test_self_calibrated_threshold_on_real_voices(tmp_path: Path) -> None:
     """3 utterances enroll each real speaker (the README's advice); the other 4 are verified against every voiceprint."""
     voices = corpus(count=7)
