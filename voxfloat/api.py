@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from voxfloat.runtime.encoder import SpeakerEncoder
     from voxfloat.store import VoiceprintStore
 
-__all__ = ["AudioLike", "Batch", "Calibration", "DEFAULT_MAX_SECONDS", "Decision", "EnrollReport", "Embedded",
+__all__ = ["AudioLike", "Batch", "Calibration", "DEFAULT_MAX_SECONDS", "Decision", "EnrollReport",
            "Identification", "ListError", "UsageError", "Verifier", "VoxfloatError", "check_threshold",
            "embed_audio", "embed_trials", "enroll_shards", "open_encoder", "read_enrollment_list", "shard_path"]
 
@@ -155,15 +155,6 @@ class Batch(Generic[T]):
 
     results: list[T]
     bad_files: list[str] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class Embedded:
-    """Embeddings of the readable inputs (row i <-> labels[i]) and one line per unreadable input."""
-
-    vectors: np.ndarray
-    labels: list[str]
-    bad_files: list[str]
 
 
 def open_encoder(model: str | os.PathLike | None = None, *, device: str = "auto", threads: int = 0,
