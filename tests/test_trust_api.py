@@ -92,6 +92,16 @@ def test_every_user_facing_error_is_a_voxfloat_error() -> None:
     assert str(StoreError("")) == "StoreError" and str(ModelError("a: b\nmore")) == "a: b"
 
 
+def test_ctrl_c_is_not_read_as_a_rejection(store: Path, model: Path, voices, monkeypatch) -> None:
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Verifier, "verify_many", interrupt)
+    before = store.read_bytes()
+    result = run("verify", utterance(voices[0], 5), "--model", model, "--store", store, "--speaker", voices[0].name)
+    assert "interrupted" in one_line_error(result, 130) and store.read_bytes() == before
+
+
 @pytest.mark.parametrize("boom", [ZeroDivisionError(), RuntimeError("unexpected\nsecond line"), MemoryError()])
 def test_a_bug_is_one_line_asking_for_a_report_never_exit_1(store: Path, model: Path, voices, monkeypatch,
                                                               boom: BaseException) -> None:

@@ -2,7 +2,8 @@
 
 Exit codes: 0 done (verify: every trial accepted), 1 verify rejected at least one trial,
 2 usage error, 3 done but some input files were bad (listed, the rest processed),
-4 nothing done (bad model, store, checkpoint or trial list), 70 internal error (a bug: please report it).
+4 nothing done (bad model, store, checkpoint or trial list), 70 internal error (a bug: please report it),
+130 interrupted (Ctrl-C).
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ from voxfloat.store.vxf import looks_like_store
 if TYPE_CHECKING:
     from voxfloat.ray_engine import RayOptions
 
-OK, REJECTED, USAGE, BAD_INPUT, FATAL, CRASH = 0, 1, 2, 3, 4, 70
+OK, REJECTED, USAGE, BAD_INPUT, FATAL, CRASH, INTERRUPTED = 0, 1, 2, 3, 4, 70, 130
 # --help, usage errors and exit codes are typer's business; typer >= 0.28 carries its own copy of click's
 # exception classes, older typer uses click's, so both are let through
 PASS_THROUGH: tuple[type[BaseException], ...] = (
@@ -54,6 +55,8 @@ class Shell(TyperGroup):
             raise
         except VoxfloatError as e:
             fail(str(e), USAGE if isinstance(e, UsageError) else FATAL)
+        except KeyboardInterrupt:  # not 1 either: a script would read that as "rejected"
+            fail("interrupted; a store being written keeps its previous contents", INTERRUPTED)
         except Exception as e:
             if os.environ.get("VOXFLOAT_DEBUG"):
                 raise
