@@ -158,42 +158,46 @@ def main() -> None:
     ap.add_argument("--quiet", type=int, default=100, help="requests of the one-client pass")
     ap.add_argument("--seconds", type=float, default=3.0, help="audio length of each request")
     ap.add_argument("--deadline", type=float, default=300, help="seconds after which a pass stops (unanswered = errors)")
+    ap.add_argument("--vad", nargs="+", choices=["on", "off"], default=["on"],
+                    help="speech trimming of the enrolled store and the server (on: the default of both)")
     args = ap.parse_args()
     model = args.model or default_model_path()
 
     bodies = clips(args.seconds, 40)
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} (1 min) before the runs; "
           f"{len(bodies)} distinct {args.seconds:g} s WAV bodies")
-    print("| workers / pass | clients | requests | wall s | req/s | p50 ms | p99 ms | errors | server CPU s | "
+    print("| workers, VAD / pass | clients | requests | wall s | req/s | p50 ms | p99 ms | errors | server CPU s | "
           "client CPU s | others' CPU s |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     rss = {}
     with tempfile.TemporaryDirectory() as tmp:
-        store = Path(tmp) / "s.vxf"
         root = Path(tmp) / "enroll"
         for d in sorted(p for p in (CORPUS / "clean").iterdir() if p.is_dir())[:10]:
             (root / d.name).mkdir(parents=True)
             for f in sorted(d.glob("*.flac"))[:3]:
                 (root / d.name / f.name).symlink_to(f)
-        subprocess.run([*CLI, "enroll", str(root), "--model", str(model), "--out", str(store)],
-                       check=True, capture_output=True, timeout=600)
-        for workers in args.workers:
-            process, url = start_server("--store", store, "--model", model, "--workers", workers,
-                                        "--threads", args.threads, log=Path(tmp) / "server.log")
-            try:
-                measure("warm-up", url, [process.pid], bodies, args.clients, 4 * args.clients, args.deadline)
-                pids = process_tree(process.pid)  # every worker has answered by now
-                quiet = measure(f"{workers} / one client", url, pids, bodies, 1, args.quiet, args.deadline)
-                load = measure(f"{workers} / load", url, pids, bodies, args.clients, args.requests, args.deadline)
-                rss[workers] = " + ".join(f"{memory_mb(p, 'VmHWM'):.0f}" for p in pids) + \
-                    f" MB (now {sum(memory_mb(p, 'VmRSS') for p in pids):.0f} MB)"
-            finally:
-                stop(process)
-            print(quiet.row())
-            print(load.row())
+        for vad in args.vad:
+            store, flag = Path(tmp) / f"vad-{vad}.vxf", "--vad" if vad == "on" else "--no-vad"
+            subprocess.run([*CLI, "enroll", str(root), "--model", str(model), "--out", str(store), flag],
+                           check=True, capture_output=True, timeout=600)
+            for workers in args.workers:
+                label = f"{workers}, {vad}"
+                process, url = start_server("--store", store, "--model", model, "--workers", workers,
+                                            "--threads", args.threads, flag, log=Path(tmp) / "server.log")
+                try:
+                    measure("warm-up", url, [process.pid], bodies, args.clients, 4 * args.clients, args.deadline)
+                    pids = process_tree(process.pid)  # every worker has answered by now
+                    quiet = measure(f"{label} / one client", url, pids, bodies, 1, args.quiet, args.deadline)
+                    load = measure(f"{label} / load", url, pids, bodies, args.clients, args.requests, args.deadline)
+                    rss[label] = " + ".join(f"{memory_mb(p, 'VmHWM'):.0f}" for p in pids) + \
+                        f" MB (now {sum(memory_mb(p, 'VmRSS') for p in pids):.0f} MB)"
+                finally:
+                    stop(process)
+                print(quiet.row())
+                print(load.row())
     print()
     print("server peak RSS (VmHWM of each process: the CLI process, then uvicorn's workers if more than one): " +
-          "; ".join(f"{w} worker(s): {text}" for w, text in rss.items()))
+          "; ".join(f"{label}: {text}" for label, text in rss.items()))
     print(f"load average after the runs: {os.getloadavg()[0]:.2f}")
 
 
