@@ -436,10 +436,12 @@ class VoiceprintStore:
 
     def _inverse_norms(self) -> np.ndarray:
         if self._inv_norms is None:
-            inv = self.codec.inverse_norms(self.packed, self.dim)
-            if not np.isfinite(inv).all():
-                self._refuse_row(int(np.argmin(np.isfinite(inv))))
-            self._inv_norms = inv
+            norms = self.codec.norms(self.packed, self.dim)
+            finite = np.isfinite(norms)
+            if not finite.all():  # NaN codes, or a block scale so large that the norm overflows
+                self._refuse_row(int(np.argmin(finite)))
+            with np.errstate(divide="ignore"):
+                self._inv_norms = np.where(norms > 0, np.float32(1) / norms, np.float32(0)).astype(np.float32)
         return self._inv_norms
 
     def _refuse_row(self, row: int) -> None:
@@ -466,6 +468,9 @@ class VoiceprintStore:
             return [[] for _ in Q]
         vals, idx = [], []
         for lo, cos in self.codec.iter_cosine(self.packed, self.dim, Q, self._inverse_norms()):
+            finite = np.isfinite(cos).all(axis=0)
+            if not finite.all():  # a row whose values overflow the dot product: never a NaN candidate
+                self._refuse_row(lo + int(np.argmin(finite)))
             kk = min(k, cos.shape[1])
             bi, bv = np.empty((len(Q), kk), np.int64), np.empty((len(Q), kk), np.float32)
             kernels.top_k(cos, kk, bi, bv)
@@ -485,7 +490,8 @@ class VoiceprintStore:
         rows = np.array([self._row_of(s) for s in speaker_ids], np.int64)
         out = np.empty(len(Q), np.float32)
         for lo in range(0, len(Q), 8192):
-            D = self.codec.decode(self._rows[rows[lo:lo + 8192]], self.dim).astype(np.float64)
+            with np.errstate(over="ignore", invalid="ignore"):  # overflowing rows are refused just below
+                D = self.codec.decode(self._rows[rows[lo:lo + 8192]], self.dim).astype(np.float64)
             finite = np.isfinite(D).all(axis=1)
             if not finite.all():
                 self._refuse_row(int(rows[lo + int(np.argmin(finite))]))

@@ -225,3 +225,25 @@ def test_score_refuses_several_queries(store: Path) -> None:
     with pytest.raises(VoxfloatError, match="score takes one query embedding, got 2"):
         opened.score(q, opened.speakers[0])
     assert np.isfinite(opened.score(q[0], opened.speakers[0]))
+
+
+@pytest.mark.parametrize("scale_byte", [254, 200])
+def test_block_scales_that_overflow_are_refused_not_scored(store: Path, model: Path, voices, scale_byte: int) -> None:
+    """Valid e8m0 bytes (not 255) so large that the values (254) or their squares (200) overflow float32: what
+    cannot be scored is refused with one line, never ranked as NaN or scored a silent 0 (verify scores one row
+    in float64, so 2^73 still gives a finite cosine there)."""
+    raw = bytearray(store.read_bytes())
+    header, _ = split(bytes(raw))
+    row = header["sections"]["rows"][0] + header["row_bytes"]  # row 1, voices[1]
+    scales = -(-header["dim"] // 32)
+    raw[row + header["row_bytes"] - scales:row + header["row_bytes"]] = bytes([scale_byte]) * scales
+    store.write_bytes(bytes(raw))
+    rewrite(store)
+    probe = utterance(voices[1], 5)
+    verify = run("verify", probe, "--model", model, "--store", store, "--speaker", voices[1].name, "--json")
+    if scale_byte == 254:
+        assert f"voiceprint of '{voices[1].name}'" in one_line_error(verify, FATAL)
+    else:
+        assert verify.exit_code in (0, 1) and -1 <= json.loads(verify.stdout)[0]["score"] <= 1
+    found = run("identify", probe, "--model", model, "--store", store, "--top", 3, "--json")
+    assert f"voiceprint of '{voices[1].name}'" in one_line_error(found, FATAL) and "NaN" not in found.stdout
