@@ -20,6 +20,7 @@ import soundfile as sf
 from serving import CLI, start_server, stop
 from voxfloat.api import DEFAULT_MAX_SECONDS
 from voxfloat.runtime.default_model import default_model_path
+from voxfloat.runtime.vad import RECORDING_PER_SPEECH
 from voxfloat.store import VoiceprintStore
 
 TOKEN = "s3cret-token"
@@ -175,7 +176,8 @@ def bad_requests(speakers: list[Path]) -> list[tuple[str, str, dict, bytes | Non
     """(name, path, params, body, status, word the error names) for every kind of bad input."""
     ok = utterances(speakers[0])[4].read_bytes()
     speaker = {"speaker": speakers[0].name}
-    long_silence = np.zeros(int((DEFAULT_MAX_SECONDS + 5) * 8000), np.float32)  # a few kB as FLAC
+    # past the recording cap (speech trimming on, the default: RECORDING_PER_SPEECH x --max-seconds); small as FLAC
+    long_silence = np.zeros(int((DEFAULT_MAX_SECONDS * RECORDING_PER_SPEECH + 5) * 8000), np.int16)
     return [
         ("empty body", "/verify", speaker, b"", 400, "empty"),
         ("not audio", "/verify", speaker, b"this is not audio" * 100, 422, "unreadable"),
