@@ -18,7 +18,6 @@ import pytest
 import soundfile as sf
 
 from serving import CLI, start_server, stop
-from voxfloat.api import DEFAULT_MAX_SECONDS
 from voxfloat.runtime.default_model import default_model_path
 from voxfloat.runtime.vad import RECORDING_PER_SPEECH
 from voxfloat.store import VoiceprintStore
@@ -26,6 +25,7 @@ from voxfloat.store import VoiceprintStore
 TOKEN = "s3cret-token"
 MAX_BODY_MB = 1.0
 BODY_TIMEOUT = 2.0
+MAX_SECONDS = 10.0
 
 
 def voxfloat(*args: object, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -85,7 +85,8 @@ def server(model: Path, speakers: list[Path], tmp_path_factory) -> Iterator[Serv
     token_file = tmp / "token"
     token_file.write_text(TOKEN + "\n")
     process, url = start_server("--store", store, "--token-file", token_file,
-                                "--max-body-mb", MAX_BODY_MB, "--body-timeout", BODY_TIMEOUT, "--threads", 1,
+                                "--max-body-mb", MAX_BODY_MB, "--body-timeout", BODY_TIMEOUT,
+                                "--max-seconds", MAX_SECONDS, "--threads", 1,
                                 log=tmp / "server.log")
     yield Server(url, store, process, tmp / "server.log")
     stop(process)
@@ -176,8 +177,8 @@ def bad_requests(speakers: list[Path]) -> list[tuple[str, str, dict, bytes | Non
     """(name, path, params, body, status, word the error names) for every kind of bad input."""
     ok = utterances(speakers[0])[4].read_bytes()
     speaker = {"speaker": speakers[0].name}
-    # past the recording cap (speech trimming on, the default: RECORDING_PER_SPEECH x --max-seconds); small as FLAC
-    long_silence = np.zeros(int((DEFAULT_MAX_SECONDS * RECORDING_PER_SPEECH + 5) * 8000), np.int16)
+    # past the recording cap (speech trimming on, the default: RECORDING_PER_SPEECH x --max-seconds)
+    long_silence = np.zeros(int((MAX_SECONDS * RECORDING_PER_SPEECH + 5) * 8000), np.int16)
     return [
         ("empty body", "/verify", speaker, b"", 400, "empty"),
         ("not audio", "/verify", speaker, b"this is not audio" * 100, 422, "unreadable"),

@@ -473,7 +473,7 @@ def serve(
     token_file: Annotated[Optional[Path], typer.Option(help="File holding a token; requests then need 'Authorization: Bearer TOKEN'.")] = None,
     max_body_mb: Annotated[Optional[float], typer.Option(min=0.01, help="Largest request body accepted, MB (default 25).")] = None,
     body_timeout: Annotated[Optional[float], typer.Option(min=0.1, help="Seconds a request body may take to arrive (default 60).")] = None,
-    device: DeviceOpt = Device.auto, vad: VadOpt = True,
+    max_seconds: MaxSecondsOpt = DEFAULT_MAX_SECONDS, device: DeviceOpt = Device.auto, vad: VadOpt = True,
     threads: Annotated[int, typer.Option(min=0, help="Intra-op threads per worker (0: ONNX Runtime's choice); scale with --workers.")] = 1,
 ) -> None:
     """HTTP JSON service: verify, identify, enroll, remove; model and store loaded once (see README)."""
@@ -483,7 +483,7 @@ def serve(
         fail(f"`voxfloat serve` needs its extra: pip install 'voxfloat[serve]' ({e})")
     limits = {k: v for k, v in (("max_body_mb", max_body_mb), ("body_seconds", body_timeout)) if v is not None}
     config = ServeConfig(str(store_path), str(model) if model else None, device.value, threads,
-                         str(token_file) if token_file else None, vad=vad, **limits)
+                         str(token_file) if token_file else None, vad=vad, max_seconds=max_seconds, **limits)
     with user_errors():
         run_server(config, host, port, workers)
 

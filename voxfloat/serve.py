@@ -24,7 +24,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from voxfloat.api import Verifier
+from voxfloat.api import DEFAULT_MAX_SECONDS, Verifier
 from voxfloat.errors import UsageError, VoxfloatError
 from voxfloat.files import read_regular
 from voxfloat.openapi import OPENAPI
@@ -54,6 +54,7 @@ class ServeConfig:
     max_body_mb: float = DEFAULT_MAX_BODY_MB
     body_seconds: float = 60.0  # a body must have arrived this long after its request's turn came, else 408
     vad: bool = True   # embed only the detected speech (voxfloat.runtime.vad), as the store was enrolled
+    max_seconds: float = DEFAULT_MAX_SECONDS  # the CLI's cap on speech (and, times 4 with vad, on recordings)
 
 
 class ApiError(Exception):
@@ -271,7 +272,8 @@ async def internal_error(request: Request, exc: Exception) -> JSONResponse:
 
 def create_app(config: ServeConfig) -> ASGIApp:
     """Load the model and the store once and return the ASGI application (bearer check outermost)."""
-    verifier = Verifier(config.store, config.model, device=config.device, threads=config.threads, vad=config.vad)
+    verifier = Verifier(config.store, config.model, device=config.device, threads=config.threads, vad=config.vad,
+                        max_seconds=config.max_seconds)
     verifier.info()  # load the model and open the store now (checking that they belong together), not on a request
     service = Service(config, verifier)
     routes = [
