@@ -8,8 +8,8 @@ from voxfloat import __version__
 ERROR = {"$ref": "#/components/schemas/Error"}
 AUDIO_BODY = {
     "required": True,
-    "description": "The audio file itself as the raw body (WAV, FLAC, OGG, MP3, ... any type `voxfloat verify` "
-                   "reads, any sample rate); its size is limited by --max-body-mb and its length by the CLI's cap.",
+    "description": "The audio file itself as the raw body, any sample rate, any type libsndfile decodes (WAV, FLAC, "
+                   "OGG/Vorbis/Opus, MP3, AIFF, ...); its size is limited by --max-body-mb, its length by --max-seconds.",
     "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
                 "audio/*": {"schema": {"type": "string", "format": "binary"}}},
 }
