@@ -11,7 +11,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from voxfloat.store import kernels
+from voxfloat.store import kernels, vecscan
 from voxfloat.store.errors import StoreError
 from voxfloat.store.formats import Format, get_format
 
@@ -169,7 +169,8 @@ class Codec:
         return out
 
     def _scan(self, packed: np.ndarray, dim: int, Q: np.ndarray | None) -> np.ndarray:
-        """Compiled scan of the packed rows: (q, n) dot products with Q, or (1, n) squared norms if Q is None."""
+        """Compiled scalar scan of the packed rows: (q, n) dot products with Q, or (1, n) squared norms if Q is
+        None. Cosines of dimensions the vector scan takes go through _vector_scan instead."""
         fmt = self.format
         P = {16: 1, 8: 1, 4: 2, 6: 4}[fmt.bits]
         G = -(-dim // P)
@@ -183,6 +184,16 @@ class Codec:
         kernels.scan(packed, dim, fmt.bits, fmt.mbits, fmt.bias, BLOCK if self.scale == "block32" else 0,
                      self.value_bytes(dim), Qp, Q is None, _SCALES32, out)
         return out
+
+    def _vector_scannable(self, dim: int, queries: int) -> bool:
+        """Whether vecscan takes this format, dimension (whole chunks) and number of queries."""
+        chunk = vecscan.LAYOUTS.get(self.format.bits)
+        return chunk is not None and dim % chunk == 0 and queries <= SCAN_MAX_QUERIES
+
+    def _vector_scan(self, packed: np.ndarray, dim: int, Q: np.ndarray, inv: np.ndarray) -> np.ndarray:
+        """(q, n) cosines of unit queries Q with every row through vecscan (rows decoded in registers)."""
+        return vecscan.dots(self.format, self.scale == "block32", packed, dim, self.value_bytes(dim), Q, inv,
+                            _SCALES32)
 
     def _iter_dots(self, packed: np.ndarray, dim: int, queries: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
         """Yield (first row, (q, rows) float32 dot products) chunk by chunk, never decoding the whole store."""
@@ -212,6 +223,9 @@ class Codec:
         packed = self._check_packed(packed, dim)
         Q = _unit_queries(queries, dim)
         inv = self.inverse_norms(packed, dim) if inv_norms is None else inv_norms
+        if self._vector_scannable(dim, len(Q)):
+            yield 0, self._vector_scan(packed, dim, Q, inv)
+            return
         for lo, dots in self._iter_dots(packed, dim, Q):
             dots *= inv[lo:lo + dots.shape[1]]
             yield lo, dots
