@@ -272,6 +272,7 @@ async def internal_error(request: Request, exc: Exception) -> JSONResponse:
 
 def create_app(config: ServeConfig) -> ASGIApp:
     """Load the model and the store once and return the ASGI application (bearer check outermost)."""
+    token = read_token(config.token_file) if config.token_file else None
     verifier = Verifier(config.store, config.model, device=config.device, threads=config.threads, vad=config.vad,
                         max_seconds=config.max_seconds)
     verifier.info()  # load the model and open the store now (checking that they belong together), not on a request
@@ -288,9 +289,7 @@ def create_app(config: ServeConfig) -> ASGIApp:
     handlers: dict[Any, Callable[..., Awaitable[JSONResponse]]] = {
         ApiError: api_error, HTTPException: http_error, Exception: internal_error}
     app: ASGIApp = Starlette(routes=routes, exception_handlers=handlers)
-    if config.token_file:
-        app = BearerAuth(app, read_token(config.token_file))
-    return app
+    return BearerAuth(app, token) if token else app
 
 
 def app_from_env() -> ASGIApp:
