@@ -1,11 +1,14 @@
 """Weight quantization of exported encoders with onnxruntime's tooling, and the parity a quantized child records.
 
-int8: GE2E keeps its first LSTM's activations in float32 (its input is linear mel power, whose range a
-per-tensor 8-bit activation scale cannot hold) and runs the other LSTMs and the linear layer as dynamic
-per-channel int8; WavLM runs its MatMuls as dynamic per-channel int8; the convolutional encoders are static
-per-channel QDQ calibrated on real audio. int4 is MatMulNBits for MatMul and block-wise (32) int4
-DequantizeLinear elsewhere; e4m3 is per-channel float8 DequantizeLinear; mxfp4 is e2m1 with a power-of-two
-scale per 32 weights. The front end and the scaling node stay float32 in every case.
+int8: GE2E runs its second and third LSTM and its linear layer as dynamic per-channel int8 and keeps the first
+LSTM's arithmetic in float32 (its input is linear mel power, beyond one 8-bit activation scale), storing that
+layer's weights as e4m3; WavLM runs its MatMuls as dynamic per-channel int8; the convolutional encoders are
+static per-channel QDQ calibrated on real audio. int4 is MatMulNBits for MatMul. Every other weight-only
+storage (int4 blocks of 32, per-channel e4m3, MX-style e2m1 with a power-of-two scale per 32) is packed in the
+file and decoded by Cast/Gather/Mul of constants, which onnxruntime folds into float32 weights when it loads:
+onnxruntime 1.31 does not fold DequantizeLinear (a weight behind one is dequantized on every run) and its CPU
+provider implements neither DequantizeLinear nor Cast for float4e2m1. The front end and the scaling node stay
+float32 in every case.
 """
 from __future__ import annotations
 
@@ -109,16 +112,11 @@ def is_frontend(node: onnx.NodeProto) -> bool:
 
 
 def weighted_nodes(proto: onnx.ModelProto) -> tuple[list[onnx.NodeProto], list[onnx.NodeProto]]:
-    """(nodes whose weight is an initializer outside the front end, front-end nodes with weights)."""
+    """(nodes outside the front end whose weight is an initializer, front-end nodes with a weight input)."""
     inits = {i.name for i in proto.graph.initializer}
-    body, front = [], []
-    for n in proto.graph.node:
-        if n.op_type in WEIGHTED_OPS and len(n.input) > 1:
-            if is_frontend(n) or n.input[1] not in inits:
-                front.append(n)
-            else:
-                body.append(n)
-    return body, front
+    weighted = [n for n in proto.graph.node if n.op_type in WEIGHTED_OPS and len(n.input) > 1]
+    front = [n for n in weighted if is_frontend(n)]
+    return [n for n in weighted if not is_frontend(n) and n.input[1] in inits], front
 
 
 def weight_axes(node: onnx.NodeProto, index: int) -> tuple[int, int]:
@@ -161,24 +159,25 @@ def _channel_scale(w: np.ndarray, channel: int, top: float) -> np.ndarray:
     return np.maximum(np.abs(w).max(axis=other, keepdims=True), 1e-30) / top
 
 
-def _blocks(w: np.ndarray, axis: int) -> tuple[np.ndarray, tuple[int, ...]]:
-    """w with `axis` moved last and zero-padded to BLOCK: (..., n_blocks, BLOCK), and the moved shape before padding."""
-    moved = np.moveaxis(w, axis, -1)
-    pad = -moved.shape[-1] % BLOCK
-    padded = np.pad(moved, [(0, 0)] * (moved.ndim - 1) + [(0, pad)])
-    return padded.reshape(*moved.shape[:-1], -1, BLOCK), moved.shape
+def _blocks(w: np.ndarray, axis: int) -> np.ndarray:
+    """w zero-padded along `axis` to whole blocks and split there: shape[:axis] + (n_blocks, BLOCK) + shape[axis+1:]."""
+    widths = [(0, 0)] * w.ndim
+    widths[axis] = (0, -w.shape[axis] % BLOCK)
+    return np.pad(w, widths).reshape(w.shape[:axis] + (-1, BLOCK) + w.shape[axis + 1:])
 
 
-def _unblock(name: str, scaled: str, moved: tuple[int, ...], axis: int) -> list[onnx.NodeProto]:
-    """Nodes turning `scaled` (..., n_blocks, BLOCK) back into the weight `name` (undo _blocks)."""
-    perm = list(range(len(moved) - 1))
-    perm.insert(axis, len(moved) - 1)
-    return [_const(f"{name}_shape", np.array(moved[:-1] + (-1,), np.int64)),
-            _const(f"{name}_start", np.array([0], np.int64)), _const(f"{name}_end", np.array([moved[-1]], np.int64)),
-            _const(f"{name}_last", np.array([-1], np.int64)),
-            helper.make_node("Reshape", [scaled, f"{name}_shape"], [f"{name}_flat"]),
-            helper.make_node("Slice", [f"{name}_flat", f"{name}_start", f"{name}_end", f"{name}_last"], [f"{name}_moved"]),
-            helper.make_node("Transpose", [f"{name}_moved"], [name], perm=perm)]
+def _unblock(name: str, scaled: str, shape: tuple[int, ...], axis: int) -> list[onnx.NodeProto]:
+    """Nodes turning `scaled` (the _blocks layout) back into the weight `name` of `shape`: no copy but the trim."""
+    padded = list(shape)
+    padded[axis] += -shape[axis] % BLOCK
+    nodes = [_const(f"{name}_shape", np.array(padded, np.int64))]
+    if padded[axis] == shape[axis]:
+        return nodes + [helper.make_node("Reshape", [scaled, f"{name}_shape"], [name])]
+    return nodes + [
+        _const(f"{name}_start", np.array([0], np.int64)), _const(f"{name}_end", np.array([shape[axis]], np.int64)),
+        _const(f"{name}_axis", np.array([axis], np.int64)),
+        helper.make_node("Reshape", [scaled, f"{name}_shape"], [f"{name}_padded"]),
+        helper.make_node("Slice", [f"{name}_padded", f"{name}_start", f"{name}_end", f"{name}_axis"], [name])]
 
 
 def encode_e4m3(name: str, w: np.ndarray, channel: int, _: int) -> list[onnx.NodeProto]:
@@ -192,23 +191,23 @@ def encode_e4m3(name: str, w: np.ndarray, channel: int, _: int) -> list[onnx.Nod
 
 def encode_int4(name: str, w: np.ndarray, _: int, axis: int) -> list[onnx.NodeProto]:
     """Symmetric int4 with one float32 scale per 32 weights along the reduction axis."""
-    blocks, moved = _blocks(w, axis)
-    scale = (np.maximum(np.abs(blocks).max(axis=-1, keepdims=True), 1e-30) / 7).astype(np.float32)
+    blocks = _blocks(w, axis)
+    scale = (np.maximum(np.abs(blocks).max(axis=axis + 1, keepdims=True), 1e-30) / 7).astype(np.float32)
     q = np.clip(np.round(blocks / scale), -8, 7).astype(np.int8)
     return [_const(f"{name}_q", _packed(f"{name}_q", TensorProto.INT4, q)), _const(f"{name}_scale", scale),
             helper.make_node("Cast", [f"{name}_q"], [f"{name}_f"], to=TensorProto.FLOAT),
             helper.make_node("Mul", [f"{name}_f", f"{name}_scale"], [f"{name}_scaled"]),
-            *_unblock(name, f"{name}_scaled", moved, axis)]
+            *_unblock(name, f"{name}_scaled", w.shape, axis)]
 
 
-def mx_exponents(blocks: np.ndarray) -> np.ndarray:
-    """Per block of 32, the power-of-two exponent (int8, as MX's E8M0) with the smaller e2m1 rounding error.
+def mx_exponents(blocks: np.ndarray, axis: int) -> np.ndarray:
+    """Per block of 32 along `axis`, the power-of-two exponent (int8, as MX's E8M0) with the smaller e2m1 error.
 
     The candidates are the smallest exponent that needs no clipping (max|w| <= 6 * 2^e) and the one below it.
     """
-    amax = np.maximum(np.abs(blocks).max(axis=-1), 2.0 ** -100)
+    amax = np.maximum(np.abs(blocks).max(axis=axis, keepdims=True), 2.0 ** -100)
     high = np.ceil(np.log2(amax / E2M1_MAX))
-    errors = [np.square(blocks - e2m1_round(blocks / 2.0 ** e[..., None]) * 2.0 ** e[..., None]).sum(-1)
+    errors = [np.square(blocks - e2m1_round(blocks / 2.0 ** e) * 2.0 ** e).sum(axis, keepdims=True)
               for e in (high, high - 1)]
     return np.clip(np.where(errors[1] < errors[0], high - 1, high), -127, 127).astype(np.int8)
 
@@ -229,17 +228,17 @@ def encode_mxfp4(name: str, w: np.ndarray, _: int, axis: int) -> list[onnx.NodeP
 
     onnxruntime's CPU provider has no float4e2m1 DequantizeLinear or Cast, hence the table.
     """
-    blocks, moved = _blocks(w, axis)
-    exps = mx_exponents(blocks)[..., None]
-    codes = e2m1_codes(blocks / 2.0 ** exps.astype(np.float64))
+    blocks = _blocks(w, axis)
+    exps = mx_exponents(blocks, axis + 1)
+    codes = e2m1_codes(blocks / 2.0 ** exps.astype(np.float32))
     return [_const(f"{name}_codes", _packed(f"{name}_codes", TensorProto.UINT4, codes)), _const(f"{name}_table", E2M1),
             _const(f"{name}_exp", exps), _const(f"{name}_two", np.array(2.0, np.float32)),
-            helper.make_node("Cast", [f"{name}_codes"], [f"{name}_index"], to=TensorProto.INT64),
+            helper.make_node("Cast", [f"{name}_codes"], [f"{name}_index"], to=TensorProto.INT32),
             helper.make_node("Gather", [f"{name}_table", f"{name}_index"], [f"{name}_values"]),
             helper.make_node("Cast", [f"{name}_exp"], [f"{name}_expf"], to=TensorProto.FLOAT),
             helper.make_node("Pow", [f"{name}_two", f"{name}_expf"], [f"{name}_scale"]),
             helper.make_node("Mul", [f"{name}_values", f"{name}_scale"], [f"{name}_scaled"]),
-            *_unblock(name, f"{name}_scaled", moved, axis)]
+            *_unblock(name, f"{name}_scaled", w.shape, axis)]
 
 
 ENCODERS: dict[str, Callable[[str, np.ndarray, int, int], list[onnx.NodeProto]]] = {
@@ -398,9 +397,11 @@ def quantize_graph(src: Path, weights: str, card: ModelCard, waves: Sequence[np.
 
 
 def quantize(model: str | os.PathLike, weights: str, out: str | os.PathLike,
-             calibration: str | os.PathLike | None = None, threads: int = 0) -> QuantizeResult:
+             calibration: str | os.PathLike | None = None, threads: int = 0,
+             max_files: int = MAX_CALIBRATION_FILES) -> QuantizeResult:
     """Write `model` with `weights`-quantized weights to `out`, its card recording how, the parent's fingerprint
-    and the parity measured on the calibration audio (without audio no parity: stores then refuse the child)."""
+    and the parity measured on up to `max_files` calibration files (without audio no parity: stores then refuse
+    the child)."""
     import onnxruntime
     from voxfloat.files import write_private
     from voxfloat.runtime.encoder import SpeakerEncoder
@@ -412,7 +413,7 @@ def quantize(model: str | os.PathLike, weights: str, out: str | os.PathLike,
     card = parent.card
     if card.quantization:
         raise ModelError(f"{src}: already quantized ({card.quantization.get('weights')}); quantize its float32 parent")
-    waves, skipped = load_waves(calibration_files(calibration), card) if calibration is not None else ([], [])
+    waves, skipped = load_waves(calibration_files(calibration, max_files), card) if calibration is not None else ([], [])
     if calibration is not None and not waves:
         raise ModelError(f"{calibration}: none of its audio files could be read")
     with tempfile.TemporaryDirectory(prefix="voxfloat-quantize-") as tmp:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 
 from voxfloat.evaluate import evaluate, read_trials
@@ -19,7 +20,7 @@ from voxfloat.export.core import build, export_onnx
 from voxfloat.runtime.card import PREFIX
 from voxfloat.runtime.encoder import SpeakerEncoder
 from voxfloat.runtime.fingerprint import graph_fingerprint
-from voxfloat.runtime.quantize import WEIGHTS, e2m1_round, is_frontend, quantize
+from voxfloat.runtime.quantize import ENCODERS, OPSET, WEIGHTS, e2m1_round, quantize, weighted_nodes
 from voxfloat.runtime.session import ModelError
 from voxfloat.store import StoreError, VoiceprintStore
 from voxfloat.store.store import CHILD_MIN_COSINE
@@ -28,6 +29,10 @@ from parity import cosine
 pytestmark = pytest.mark.parity  # exports need torch; the module takes minutes
 SEED = {"campplus": "campplus_3dspeaker", "ecapa": "ecapa_tdnn_glob_c512", "resnet34": "resnet34_wespeaker",
         "redimnet": "redimnet_b2", "wavlm": "wavlm_base_plus_sv"}
+# Every precision on GE2E and ECAPA (its recipes and all three weight-only storages); the other encoders their
+# int8 recipe and one 4-bit storage (bench/quant_bench.py runs every pair).
+TESTED = {"ge2e": WEIGHTS, "ecapa": WEIGHTS, "campplus": ("int8", "mxfp4"), "resnet34": ("int8", "mxfp4"),
+          "redimnet": ("int8", "mxfp4"), "wavlm": ("int8", "int4")}
 SPEAKERS = 20  # GE2E subset: speakers (of 60) whose 8 clean and 8 hard utterances are embedded
 
 
@@ -58,8 +63,8 @@ def parent(request, official_checkpoint, tmp_path_factory) -> Path:
 
 
 def frontend_signature(model: onnx.ModelProto) -> list[tuple[str, str, tuple[str, ...]]]:
-    """Front-end nodes with their inputs: a quantized child must have them exactly as its parent has."""
-    return sorted((n.name, n.op_type, tuple(n.input)) for n in model.graph.node if is_frontend(n))
+    """Front-end nodes with weights and their inputs: a quantized child must have them as its parent has."""
+    return sorted((n.name, n.op_type, tuple(n.input)) for n in weighted_nodes(model)[1])
 
 
 def test_every_encoder_quantizes(parent, calibration, reference_inputs, tmp_path):
@@ -67,7 +72,7 @@ def test_every_encoder_quantizes(parent, calibration, reference_inputs, tmp_path
     float32 = SpeakerEncoder(parent, device="cpu")
     reference = float32.embed(wave)
     parent_proto = onnx.load(str(parent))
-    for weights in WEIGHTS:
+    for weights in TESTED[parent.stem]:
         out = tmp_path / f"{weights}.onnx"
         result = quantize(parent, weights, out, calibration)
         child = SpeakerEncoder(out, device="cpu")
@@ -173,3 +178,23 @@ def test_quantize_refuses_a_child_and_unknown_precision(ge2e_models, tmp_path):
         quantize(ge2e_models["float32"], "int3", tmp_path / "x.onnx")
     props = {p.key: p.value for p in onnx.load(str(ge2e_models["int8"]), load_external_data=False).metadata_props}
     assert json.loads(props[PREFIX + "quantization"])["weights"] == "int8"
+
+
+@pytest.mark.parametrize("weights", ["int4", "e4m3", "mxfp4"])
+@pytest.mark.parametrize("shape,axis", [((48, 40, 3), 1), ((1, 96, 40), 2), ((70, 33), 0)])
+def test_weights_decode_in_onnxruntime(weights, shape, axis):
+    """Each storage decodes in onnxruntime to the weight's shape; mxfp4 to exactly its e2m1 grid times 2^k per block."""
+    w = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    nodes = ENCODERS[weights]("w", w, 0, axis)
+    graph = onnx.helper.make_graph(nodes + [onnx.helper.make_node("Identity", ["w"], ["y"])], "g", [],
+                                   [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", OPSET[weights])], ir_version=10)
+    got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {})[0]
+    assert got.shape == w.shape
+    assert np.corrcoef(got.ravel(), w.ravel())[0, 1] > (0.999 if weights == "e4m3" else 0.99)
+    if weights == "mxfp4":
+        blocks = np.moveaxis(got, axis, -1)
+        blocks = np.pad(blocks, [(0, 0)] * (w.ndim - 1) + [(0, -shape[axis] % 32)]).reshape(*blocks.shape[:-1], -1, 32)
+        peak = np.abs(blocks).max(-1, keepdims=True)
+        scale = 2.0 ** np.floor(np.log2(np.where(peak > 0, peak, 1) / 4))  # 6 * 2^k >= peak >= 4 * 2^k for e2m1's 4 and 6
+        assert np.array_equal(e2m1_round(blocks / scale), blocks / scale)
