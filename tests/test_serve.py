@@ -267,6 +267,7 @@ def test_no_voiceprint_or_embedding_in_responses_or_log(server: Server, speakers
     assert not re.search(r"(-?\d+\.\d+[,\s]+){16}", server.log.read_text())
 
 
+@pytest.mark.parity  # slow tier: more processes, several seconds
 def test_concurrent_cli_enroll_loses_nothing(server: Server, model: Path, speakers: list[Path], tmp_path: Path) -> None:
     """Service enrolls race a CLI enroll of other speakers into the same store: every speaker survives."""
     root = tmp_path / "cli"
@@ -326,6 +327,7 @@ def test_store_replaced_on_disk_is_served_without_restart(server: Server, model:
         assert c.get("/health").json()["count"] == 3
 
 
+@pytest.mark.parity  # slow tier: more processes, several seconds
 def test_workers_serve_the_same_store(model: Path, speakers: list[Path], server: Server, tmp_path: Path) -> None:
     """--workers 2: two processes, each with the model and the store; no token file means no token needed."""
     process, url = start_server("--store", server.store, "--model", model, "--workers", 2, "--threads", 1,
@@ -342,6 +344,7 @@ def test_workers_serve_the_same_store(model: Path, speakers: list[Path], server:
         stop(process)
 
 
+@pytest.mark.parity  # slow tier: more processes, several seconds
 def test_bad_setup_stops_before_listening_with_one_line(server: Server, tmp_path: Path) -> None:
     (tmp_path / "empty-token").write_text("\n")
     cases = [(["--store", tmp_path / "missing.vxf"], 4, "missing.vxf"),
