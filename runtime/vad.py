@@ -41,11 +41,12 @@ class VadSettings:
     threshold: float = 0.5    # a segment starts at a window whose speech probability reaches this
     release: float = 0.35     # ... and ends once the probability stays below this for min_silence
     min_silence: float = 0.3  # shorter pauses stay inside a segment (word gaps, stops)
+    max_gap: float = 1.0      # pauses between segments shorter than this are kept; longer ones are cut out
     min_speech: float = 0.1   # shorter segments are dropped (clicks, door knocks); a spoken letter is ~0.2 s
     pad: float = 0.05         # kept before and after each segment (zeros where the file ends first)
     reach: float = 0.3        # how far an edge may move out to where the envelope falls below the floor
     floor_db: float = 40.0    # the envelope floor: this far below the loudest 10 ms of the file
-    phases: int = 4           # window grids averaged (see SpeechTrimmer.probabilities); divides the window
+    phases: int = 8           # window grids averaged (see SpeechTrimmer.probabilities); divides the window
 
 
 @functools.cache
@@ -66,6 +67,23 @@ def _silero_session() -> ort.InferenceSession:
         raise ModelError(f"{path}: not the Silero VAD model voxfloat was validated with (sha256 differs); "
                          f"install {PACKAGE}=={version()}")
     return ort.InferenceSession(data, sess_options=session_options(1), providers=["CPUExecutionProvider"])
+
+
+@functools.cache
+def _rested_state(sample_rate: int) -> np.ndarray:
+    """Silero's recurrent state after REST_SECONDS of digital silence, the state every stream starts from.
+
+    From the all-zero state the model under-rates the first seconds it hears (one recorded letter:
+    0.6 from zeros, 0.96 after silence), so any silence in front of the speech would change what is
+    kept; after about 5 s of silence the state has settled and more silence changes nothing.
+    """
+    w, c = WINDOW[sample_rate], CONTEXT[sample_rate]
+    state = np.zeros((2, 1, 128), np.float32)
+    silence = np.zeros((1, w + c), np.float32)
+    rate = np.array(sample_rate, np.int64)
+    for _ in range(round(REST_SECONDS * sample_rate / w)):
+        _, state = _silero_session().run(None, {"input": silence, "state": state, "sr": rate})
+    return state
 
 
 def version() -> str:
@@ -108,6 +126,23 @@ def envelope(wave: np.ndarray, width: int) -> np.ndarray:
     return np.sqrt(np.maximum(sq[hi] - sq[lo], 0.0) / width)
 
 
+def loudness(wave: np.ndarray, sample_rate: int, settings: VadSettings) -> tuple[np.ndarray, float]:
+    """The 10 ms envelope of `wave` and its floor: floor_db under the loudest 10 ms, never under FLOOR_DBFS."""
+    env = envelope(wave, round(ENVELOPE_SECONDS * sample_rate))
+    return env, max(float(env.max()) * 10 ** (-settings.floor_db / 20), 10 ** (FLOOR_DBFS / 20))
+
+
+def gate(wave: np.ndarray, sample_rate: int, settings: VadSettings) -> np.ndarray:
+    """`wave` with everything under the envelope floor set to zero: what the detector hears.
+
+    Quiet noise before an utterance changes the detector's recurrent state (one recorded letter: its
+    peak speech probability 0.54 after silence, 0.44 after 1.7 s of -70 dBFS noise); zeroed, it is the
+    same digital silence the detector rests in, so only sound above the floor can sway it.
+    """
+    env, floor = loudness(wave, sample_rate, settings)
+    return np.where(env >= floor, wave, 0).astype(np.float32)
+
+
 def snap(start: int, end: int, env: np.ndarray, floor: float, reach: int) -> tuple[int, int]:
     """Move a detected [start, end) outward, within `reach` samples, to where the envelope `env` falls below `floor`.
 
@@ -143,6 +178,23 @@ def merge(spans: list[tuple[int, int]], gap: int) -> list[tuple[int, int]]:
     return out
 
 
+def speech_spans(wave: np.ndarray, probs: np.ndarray, hop: int, sample_rate: int,
+                 settings: VadSettings) -> list[tuple[int, int]]:
+    """[start, end) sample spans to keep: speech segments snapped to the envelope, padded, merged.
+
+    `probs` holds a speech probability per `hop` samples (any detector: the benchmark feeds others through
+    here). Spans may reach `pad` beyond the wave (speech cut off by the file's edge); trim fills that with
+    zeros, so a file that starts mid-word gives what the same file with silence in front gives.
+    """
+    segments = hysteresis(probs, hop / sample_rate, settings)
+    if not segments:
+        return []
+    env, floor = loudness(wave, sample_rate, settings)
+    pad, reach = round(settings.pad * sample_rate), round(settings.reach * sample_rate)
+    snapped = [snap(a * hop, min(b * hop, len(wave)), env, floor, reach) for a, b in segments]
+    return merge([(a - pad, b + pad) for a, b in snapped], round(settings.max_gap * sample_rate))
+
+
 class SpeechTrimmer:
     """Silero VAD on a 1-D waveform: the speech probabilities, segments, and the speech alone."""
 
@@ -153,22 +205,7 @@ class SpeechTrimmer:
         self.sample_rate, self.settings = sample_rate, settings
         self.window, self.context = WINDOW[sample_rate], CONTEXT[sample_rate]
         self.session = _silero_session()
-        self._rested = self._state_after_silence(REST_SECONDS)
-
-    def _state_after_silence(self, seconds: float) -> np.ndarray:
-        """Silero's recurrent state after `seconds` of digital silence, the state every stream starts from.
-
-        From the all-zero state the model under-rates the first seconds it hears (one recorded letter:
-        0.6 from zeros, 0.96 after silence), so any silence in front of the speech would change what
-        is kept; after about 5 s of silence the state has settled and more silence changes nothing.
-        """
-        w, c = self.window, self.context
-        state = np.zeros((2, 1, 128), np.float32)
-        silence = np.zeros((1, w + c), np.float32)
-        rate = np.array(self.sample_rate, np.int64)
-        for _ in range(round(seconds * self.sample_rate / w)):
-            _, state = self.session.run(None, {"input": silence, "state": state, "sr": rate})
-        return state
+        self._rested = _rested_state(sample_rate)
 
     @property
     def preprocessing(self) -> dict:
@@ -202,21 +239,9 @@ class SpeechTrimmer:
         return np.mean([probs[k, (j + k) // phases] for k in range(phases)], axis=0, dtype=np.float32)
 
     def spans(self, wave: np.ndarray) -> list[tuple[int, int]]:
-        """[start, end) sample spans to keep: speech segments snapped to the envelope, padded, merged.
-
-        Spans may reach `pad` beyond the wave (speech cut off by the file's edge); trim fills that with zeros,
-        so a file that starts mid-word gives what the same file with silence in front gives.
-        """
-        st, sr = self.settings, self.sample_rate
-        hop = self.window // st.phases
-        segments = hysteresis(self.probabilities(wave), hop / sr, st)
-        if not segments:
-            return []
-        env = envelope(wave, round(ENVELOPE_SECONDS * sr))
-        floor = max(env.max() * 10 ** (-st.floor_db / 20), 10 ** (FLOOR_DBFS / 20))
-        pad, reach = round(st.pad * sr), round(st.reach * sr)
-        snapped = [snap(a * hop, min(b * hop, len(wave)), env, floor, reach) for a, b in segments]
-        return merge([(a - pad, b + pad) for a, b in snapped], round(st.min_silence * sr))
+        """[start, end) sample spans of `wave` to keep (see speech_spans), detected on the gated wave."""
+        probs = self.probabilities(gate(wave, self.sample_rate, self.settings))
+        return speech_spans(wave, probs, self.window // self.settings.phases, self.sample_rate, self.settings)
 
     def trim(self, wave: np.ndarray, name: str, min_seconds: float = 0.0, max_seconds: float = math.inf) -> np.ndarray:
         """The speech of `wave`, spans joined end to end, its first `max_seconds` at most.

@@ -1,0 +1,211 @@
+"""Speech trimming (runtime/vad.py): silence and quiet noise around an utterance do not change who it is.
+
+Real voices: the Asterisk prompt voices and KLettres recordings (tests/real_speech.py) and ../shared/corpus.
+The model is the shipped GE2E, whose pooled embedding moves most with silence (cosine 0.81 with 3 s of it).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from typer.testing import CliRunner
+
+import real_speech
+from parity import cosine
+from voxfloat.api import Verifier
+from voxfloat.cli import app
+from voxfloat.metrics import det_curve, eer
+from voxfloat.runtime import AudioError, SpeakerEncoder, load_audio
+from voxfloat.runtime.default_model import default_model_path
+from voxfloat.runtime.vad import OFF, SpeechTrimmer, VadSettings
+from voxfloat.store import StoreError, VoiceprintStore
+from voxfloat.store.vxf import check_header
+
+RATE = 16000
+MIN_COSINE = 0.99     # padded against unpadded, every utterance
+EER_RELATIVE = 0.05   # padded test side: EER within 5 % (relative) of the unpadded list's
+
+
+@pytest.fixture(scope="module")
+def encoder() -> SpeakerEncoder:
+    return SpeakerEncoder(default_model_path(), device="cpu", threads=1)
+
+
+def padded(wave: np.ndarray, i: int, rng: np.random.Generator) -> np.ndarray:
+    """Utterance i with 0.5 to 3 s on both sides (every fourth one on one side only), silence or -70 dBFS noise."""
+    before, after = rng.uniform(0.5, 3.0, 2)
+    if i % 4 == 3:
+        before, after = (before, 0.0) if i % 8 == 3 else (0.0, after)
+    return real_speech.pad(wave, before, after, "silence" if i % 2 else "noise", rng)
+
+
+@pytest.fixture(scope="module")
+def recorded(encoder: SpeakerEncoder) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """24 real speakers x 8 utterances: labels, embeddings of the utterances and of their padded copies."""
+    rng = np.random.default_rng(15)
+    labels, plain, pads = [], [], []
+    for s, (speaker, utterances) in enumerate(real_speech.corpus(count=8).items()):
+        for u, wave in enumerate(utterances):
+            plain.append(encoder.speech(wave, f"{speaker}/{u}"))
+            pads.append(encoder.speech(padded(wave, 8 * s + u, rng), f"{speaker}/{u} padded"))
+            labels.append(s)
+    return np.array(labels), encoder.embed_batch(plain), encoder.embed_batch(pads)
+
+
+@pytest.mark.parity
+def test_padding_keeps_each_recorded_utterance(recorded) -> None:
+    labels, plain, pads = recorded
+    assert len(labels) == 192 and len(set(labels)) == 24
+    c = cosine(plain, pads)
+    assert c.min() >= MIN_COSINE, (c.min(), np.argsort(c)[:5])
+
+
+@pytest.mark.parity
+def test_padding_keeps_the_eer(recorded, encoder: SpeakerEncoder) -> None:
+    """All pairs: enrollment side unpadded, test side padded, against both sides unpadded."""
+    labels, plain, pads = recorded
+    i, j = np.triu_indices(len(labels), 1)
+    target = labels[i] == labels[j]
+    base = eer(det_curve(cosine(plain[i], plain[j]), target))[0]
+    moved = eer(det_curve(cosine(plain[i], pads[j]), target))[0]
+    assert int(target.sum()) == 672
+    assert abs(moved - base) <= EER_RELATIVE * base, (base, moved)
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize("kind", ["clean", "hard"])
+def test_padding_keeps_shared_corpus_utterances(kind: str, corpus_dir: Path, encoder: SpeakerEncoder) -> None:
+    rng = np.random.default_rng(16)
+    files = sorted((corpus_dir / kind).glob("*/*-u00.flac"))[::4]
+    assert len(files) == 15
+    plain, pads = [], []
+    for i, f in enumerate(files):
+        wave = load_audio(f)
+        plain.append(encoder.speech(wave, str(f)))
+        pads.append(encoder.speech(padded(wave, i, rng), f"{f} padded"))
+    c = cosine(encoder.embed_batch(plain), encoder.embed_batch(pads))
+    assert c.min() >= MIN_COSINE, (c.min(), [files[k].name for k in np.argsort(c)[:3]])
+
+
+def test_untrimmed_padding_does_move_the_embedding(encoder: SpeakerEncoder) -> None:
+    """Why trimming is on: without it, 3 s of silence each side moves a recorded utterance well below 0.99."""
+    wave = real_speech.corpus(count=1, speakers=1)["asterisk-en_US_f_Allison"][0]
+    rng = np.random.default_rng(0)
+    raw = encoder.embed_batch([wave, real_speech.pad(wave, 3.0, 3.0, "silence", rng)])
+    assert cosine(raw[0], raw[1]) < 0.95
+    trimmed = encoder.embed_batch([encoder.speech(wave, "a"), encoder.speech(real_speech.pad(wave, 3.0, 3.0,
+                                                                                              "silence", rng), "b")])
+    assert cosine(trimmed[0], trimmed[1]) >= MIN_COSINE
+
+
+def noise_files(folder: Path) -> list[Path]:
+    """Files holding no speech: white noise at -30 and -70 dBFS, brown (room-like) noise, hum, near-silence."""
+    rng = np.random.default_rng(3)
+    n = 3 * RATE
+    t = np.arange(n) / RATE
+    brown = np.cumsum(rng.standard_normal(n))
+    brown = 0.05 * (brown - brown.mean()) / np.abs(brown - brown.mean()).max()
+    waves = {"white-30.wav": 10 ** (-30 / 20) * rng.standard_normal(n),
+             "white-70.flac": 10 ** (-70 / 20) * rng.standard_normal(n),
+             "brown.wav": brown,
+             "hum.wav": 0.05 * np.sin(2 * np.pi * 50 * t) + 0.02 * np.sin(2 * np.pi * 150 * t),
+             "dither.wav": 10 ** (-90 / 20) * rng.standard_normal(n) + 0.0}
+    out = []
+    for name, wave in waves.items():
+        sf.write(folder / name, wave.astype(np.float32), RATE, subtype="FLOAT" if name.endswith(".wav") else "PCM_24")
+        out.append(folder / name)
+    return out
+
+
+def test_noise_and_silence_only_files_are_refused(encoder: SpeakerEncoder, tmp_path: Path) -> None:
+    bad = noise_files(tmp_path)
+    zeros = tmp_path / "zeros.wav"
+    sf.write(zeros, np.zeros(2 * RATE, np.float32), RATE)
+    speech = real_speech.speaker_files()["asterisk-en_US_f_Allison"][0]
+    result = encoder.embed_files([*bad, speech, zeros])
+    assert result.paths_ok == [speech] and result.embeddings.shape == (1, 256)
+    errors = dict(result.errors)
+    for f in bad:
+        assert errors[f] == f"{f}: no speech found (Silero VAD)"
+    assert "silent" in errors[zeros]
+
+
+def test_cli_refuses_noise_with_exit_3_and_a_store_keeps_its_trimming(tmp_path: Path) -> None:
+    """Exit 3 for a file without speech; a store enrolled with trimming refuses untrimmed audio, and back."""
+    files = real_speech.speaker_files()
+    (tmp_path / "enroll").mkdir()
+    for speaker in ("asterisk-en_US_f_Allison", "asterisk-it_IT_m_Carlo"):
+        (tmp_path / "enroll" / speaker).mkdir()
+        for f in files[speaker][:2]:
+            (tmp_path / "enroll" / speaker / f.name).symlink_to(f)
+    store = tmp_path / "s.vxf"
+    runner = CliRunner()
+    assert runner.invoke(app, ["enroll", str(tmp_path / "enroll"), "-o", str(store), "--device", "cpu"]).exit_code == 0
+    noise = noise_files(tmp_path)[0]
+    probe = str(files["asterisk-en_US_f_Allison"][5])
+    got = runner.invoke(app, ["verify", probe, str(noise), "-s", str(store), "--speaker", "asterisk-en_US_f_Allison",
+                              "--device", "cpu"])
+    assert got.exit_code == 3 and f"{noise}: no speech found (Silero VAD)" in got.stderr
+    off = runner.invoke(app, ["verify", probe, "-s", str(store), "--speaker", "asterisk-en_US_f_Allison",
+                              "--device", "cpu", "--no-vad"])
+    assert off.exit_code == 4 and "Traceback" not in off.output
+    assert off.stderr.count("\n") == 1 and "enrolled with preprocessing" in off.stderr and "not vad=off" in off.stderr
+    untrimmed = tmp_path / "raw.vxf"
+    assert runner.invoke(app, ["enroll", str(tmp_path / "enroll"), "-o", str(untrimmed), "--device", "cpu",
+                               "--no-vad"]).exit_code == 0
+    with pytest.raises(StoreError, match=r"raw\.vxf: enrolled with preprocessing vad=off, not .*vad=silero"):
+        Verifier(untrimmed, device="cpu").verify(probe, "asterisk-it_IT_m_Carlo")
+    assert Verifier(untrimmed, device="cpu", vad=False).info()["preprocessing"] == OFF
+
+
+def test_store_refuses_other_trimming_settings(tmp_path: Path) -> None:
+    enrolled = SpeechTrimmer().preprocessing
+    other = SpeechTrimmer(settings=VadSettings(threshold=0.6)).preprocessing
+    model = {"fingerprint": "f" * 64, "arch": "ge2e"}
+    with VoiceprintStore.edit(tmp_path / "a.vxf", fmt="e4m3", scale="vector", dim=4, model=model,
+                              preprocessing=enrolled) as store:
+        store.add("x", np.ones((1, 4), np.float32))
+    store = VoiceprintStore.open(tmp_path / "a.vxf")
+    store.check_preprocessing(dict(enrolled))
+    assert store.info()["preprocessing"] == enrolled
+    for wrong in (other, OFF):
+        with pytest.raises(StoreError, match=r"a\.vxf: enrolled with preprocessing .*threshold=0\.5.*; use the enrolled"):
+            store.check_preprocessing(wrong)
+    with pytest.raises(StoreError, match="enrolled with preprocessing"):
+        with VoiceprintStore.edit(tmp_path / "a.vxf", preprocessing=other):
+            pass
+    legacy = VoiceprintStore.create(tmp_path / "b.vxf", fmt="e4m3", scale="vector", dim=4, model=model)
+    legacy.check_preprocessing(OFF)  # a store without a record was enrolled before trimming existed
+    with pytest.raises(StoreError, match="enrolled with preprocessing vad=off"):
+        legacy.check_preprocessing(enrolled)
+    assert "preprocessing must be an object" in check_header({**store.header, "preprocessing": {"vad": 1}}, False)
+    bad = {**store.header, "preprocessing": {"vad": "silero", "pad": [1]}}
+    assert "preprocessing setting 'pad' must be" in check_header(bad, False)
+
+
+def test_trimmed_batches_equal_one_by_one(encoder: SpeakerEncoder, tmp_path: Path) -> None:
+    files = real_speech.speaker_files()["klettres-fr"][:6]
+    paths = [*files, files[0], files[3]]
+    result = encoder.embed_files(paths)
+    assert result.paths_ok == paths and not result.errors
+    single = np.stack([encoder.embed(encoder.speech(load_audio(p), str(p))) for p in paths])
+    assert np.all(cosine(result.embeddings, single) >= 0.99999)
+
+
+def test_the_speech_is_what_max_seconds_caps(tmp_path: Path) -> None:
+    """A 30 s recording with 4 s of speech passes a 10 s cap with trimming; speech over the cap is cut to it."""
+    wave = real_speech.corpus(count=1, speakers=1)["asterisk-en_US_f_Allison"][0]
+    rng = np.random.default_rng(1)
+    long_ = tmp_path / "long.wav"
+    sf.write(long_, real_speech.pad(wave[:4 * RATE], 20.0, 6.0, "noise", rng), RATE)
+    trimmed = SpeakerEncoder(default_model_path(), device="cpu", threads=1, max_seconds=10)
+    assert trimmed.embed_files([long_]).paths_ok == [long_]
+    untrimmed = SpeakerEncoder(default_model_path(), device="cpu", threads=1, max_seconds=10, vad=False)
+    assert "too long" in untrimmed.embed_files([long_]).errors[0][1]
+    capped = SpeakerEncoder(default_model_path(), device="cpu", threads=1, max_seconds=2)
+    assert len(capped.speech(wave, "a")) == 2 * RATE
+    with pytest.raises(AudioError, match=r"b: too little speech: 0\.\d\d s found by Silero VAD, under the 0\.50 s"):
+        capped.speech(np.concatenate([np.zeros(RATE, np.float32), wave[:int(0.3 * RATE)],
+                                      np.zeros(RATE, np.float32)]), "b")
