@@ -3,10 +3,10 @@ import importlib.util
 import sys
 
 
-def _lazy_kernels():
-    """voxfloat.store.kernels as a module that imports numba and loads its compiled loops on first use only:
-    opening a store and 1:1 scoring (numpy) never wait for them."""
-    name = f"{__name__}.kernels"
+def _lazy(submodule: str):
+    """A compiled-loop module (numba) that is imported on first use only: opening a store and 1:1 scoring
+    (numpy) never wait for numba or its compiled loops."""
+    name = f"{__name__}.{submodule}"
     spec = importlib.util.find_spec(name)
     spec.loader = importlib.util.LazyLoader(spec.loader)
     module = importlib.util.module_from_spec(spec)
@@ -15,9 +15,9 @@ def _lazy_kernels():
     return module
 
 
-kernels = _lazy_kernels()
+kernels, vecscan = _lazy("kernels"), _lazy("vecscan")
 
-from voxfloat.store.codec import SCALE_MODES, Codec  # noqa: E402  (after the lazy kernels they import)
+from voxfloat.store.codec import SCALE_MODES, Codec  # noqa: E402  (after the lazy modules they import)
 from voxfloat.store.errors import StoreError
 from voxfloat.store.formats import FORMATS, Format, get_format
 from voxfloat.store.store import VoiceprintStore, check_speaker_id
