@@ -25,7 +25,7 @@ from voxfloat.store.formats import Format
 
 LANES = 16
 UNROLL = 4          # chunks in flight, one accumulator each (hides the add latency)
-PREFETCH_ROWS = 4   # rows ahead that are prefetched
+PREFETCH_BYTES = 4096  # how far ahead rows are prefetched (at least one row)
 LAYOUTS = {4: 32, 6: 16, 8: 16, 16: 16}  # bits -> values a chunk (4-bit: 16 bytes, two nibbles each)
 
 i8, i16, i32, i64 = (ir.IntType(w) for w in (8, 16, 32, 64))
@@ -98,8 +98,9 @@ def _minifloat(builder: ir.IRBuilder, w: ir.Value, p: dict, at: list[int]) -> ir
     return builder.bitcast(builder.or_(builder.bitcast(v, _vec(i32)), sign), _vec(f32))
 
 
-def _chunk_values(builder: ir.IRBuilder, bits: int, row: ir.Value, c: ir.Value, p: dict) -> list[ir.Value]:
-    """The decoded values of chunk c of a row: one <16 x float> (two for 4-bit: low nibbles, high nibbles)."""
+def _chunk_values(builder: ir.IRBuilder, bits: int, row: ir.Value, c: ir.Value, p: dict, wide: bool) -> list[ir.Value]:
+    """The decoded values of chunk c of a row: one <16 x float> (two for 4-bit: low nibbles, high nibbles).
+    wide: a 6-bit chunk is read as 16 bytes (one load; the 4 after it must exist)."""
     if bits == 8:
         w = builder.zext(_load(builder, row, builder.mul(c, ir.Constant(i64, 16)), _vec(i8), 1), _vec(i32))
         return [_minifloat(builder, w, p, [0] * LANES)]
@@ -118,10 +119,11 @@ def _chunk_values(builder: ir.IRBuilder, bits: int, row: ir.Value, c: ir.Value, 
         return [builder.bitcast(builder.shl(builder.zext(h, _vec(i32)), _splat(builder, ir.Constant(i32, 16))),
                                 _vec(f32))]  # bf16: the top half of a float32
     # 6-bit: 12 bytes hold 16 values, 4 in each 3 bytes (v0 | v1 << 6 | v2 << 12 | v3 << 18)
-    b = _load(builder, row, builder.mul(c, ir.Constant(i64, 12)), _vec(i8, 12), 1)
-    spread = [3 * (j // 4) + k if k < 3 else 12 for j in range(LANES) for k in range(4)]  # 12: a zero byte
-    w = builder.bitcast(builder.shuffle_vector(b, ir.Constant(_vec(i8, 12), [0] * 12), ir.Constant(_vec(i32, 64), spread)),
-                        _vec(i32))
+    width = 16 if wide else 12
+    b = _load(builder, row, builder.mul(c, ir.Constant(i64, 12)), _vec(i8, width), 1)
+    spread = [3 * (j // 4) + k if k < 3 else width for j in range(LANES) for k in range(4)]  # width: a zero byte
+    w = builder.shuffle_vector(b, ir.Constant(_vec(i8, width), [0] * width), ir.Constant(_vec(i32, 64), spread))
+    w = builder.bitcast(w, _vec(i32))
     at = [6 * (j % 4) for j in range(LANES)]
     if p["lut"] is None:
         return [_minifloat(builder, w, p, at)]
@@ -204,9 +206,10 @@ def _scan_loop(builder: ir.IRBuilder, layout: int, a: dict) -> None:
     fetch = builder.module.declare_intrinsic("llvm.prefetch", [i8.as_pointer()],
                                              ir.FunctionType(ir.VoidType(), [i8.as_pointer(), i32, i32, i32]))
     lines = builder.udiv(builder.add(stride, ir.Constant(i64, 63)), ir.Constant(i64, 64))
+    distance = builder.add(builder.udiv(ir.Constant(i64, PREFETCH_BYTES), stride), ir.Constant(i64, 1))
     with cgutils.for_range(builder, n) as rows:
         i = rows.index
-        ahead = builder.add(i, ir.Constant(i64, PREFETCH_ROWS))
+        ahead = builder.add(i, distance)
         with builder.if_then(builder.icmp_signed("<", ahead, n)):
             future = builder.gep(ary.data, [builder.mul(ahead, stride)])
             with cgutils.for_range(builder, lines) as line:
@@ -222,40 +225,60 @@ def _scan_loop(builder: ir.IRBuilder, layout: int, a: dict) -> None:
 
 
 def _row_dot(builder: ir.IRBuilder, layout: int, row: ir.Value, qp: ir.Value, p: dict, a: dict) -> ir.Value:
-    """The float32 dot product of one row and one query: chunks in groups of UNROLL accumulators, then the rest."""
+    """The float32 dot product of one row and one query: chunks in groups of UNROLL accumulators, then the rest.
+
+    Blocked layouts sum the products of a block's chunks, then multiply the sum by the block's scale once.
+    6-bit chunks are read 16 bytes wide in the groups, which never reach the row's last chunk.
+    """
     bits, blocked = layout // 8, bool(layout & 2)
     per_chunk = LAYOUTS[bits]
     qhalf = a["qhalf"]
     zero = ir.Constant(_vec(f32), [0.0] * LANES)
     accs = [cgutils.alloca_once_value(builder, zero) for _ in range(UNROLL)]
 
-    def chunk(c: ir.Value, acc: ir.Value) -> None:
-        vals = _chunk_values(builder, bits, row, c, p)
+    def products(c: ir.Value, wide: bool, into: ir.Value | None = None) -> ir.Value:
+        """Sum of the chunk's values times their query values, added to `into` if given (fused)."""
+        vals = _chunk_values(builder, bits, row, c, p, wide)
         if bits == 4:
             offs = [builder.mul(c, ir.Constant(i64, 16)), builder.add(builder.mul(c, ir.Constant(i64, 16)), qhalf)]
         else:
             offs = [builder.mul(c, ir.Constant(i64, LANES))]
-        if blocked:
-            blk = builder.add(a["nvb"], builder.udiv(builder.mul(c, ir.Constant(i64, per_chunk)), ir.Constant(i64, 32)))
-            scale_byte = builder.zext(builder.load(builder.gep(row, [blk])), i64)
-            scale = _splat(builder, builder.load(builder.gep(a["scales"], [scale_byte])))
-        total = builder.load(acc)
+        total = into
         for v, off in zip(vals, offs):
-            qx = _load(builder, qp, off, _vec(f32), 4)
-            if blocked:
-                qx = builder.fmul(qx, scale, flags=FAST)
-            total = builder.fadd(total, builder.fmul(v, qx, flags=FAST), flags=FAST)
-        builder.store(total, acc)
+            term = builder.fmul(v, _load(builder, qp, off, _vec(f32), 4), flags=FAST)
+            total = term if total is None else builder.fadd(total, term, flags=FAST)
+        return total
+
+    def scale(c: ir.Value) -> ir.Value:
+        """The e8m0 scale of chunk c's block, in every lane."""
+        blk = builder.add(a["nvb"], builder.udiv(builder.mul(c, ir.Constant(i64, per_chunk)), ir.Constant(i64, 32)))
+        byte = builder.zext(builder.load(builder.gep(row, [blk])), i64)
+        return _splat(builder, builder.load(builder.gep(a["scales"], [byte])))
+
+    def add(acc: ir.Value, x: ir.Value) -> None:
+        builder.store(builder.fadd(builder.load(acc), x, flags=FAST), acc)
 
     chunks = a["chunks"]
-    groups = builder.udiv(chunks, ir.Constant(i64, UNROLL))
+    last_safe = builder.sub(chunks, ir.Constant(i64, 1)) if bits == 6 else chunks
+    groups = builder.udiv(last_safe, ir.Constant(i64, UNROLL))
+    per_block = 32 // per_chunk
     with cgutils.for_range(builder, groups) as loop:
         base = builder.mul(loop.index, ir.Constant(i64, UNROLL))
-        for u in range(UNROLL):
-            chunk(builder.add(base, ir.Constant(i64, u)), accs[u])
+        cs = [builder.add(base, ir.Constant(i64, u)) for u in range(UNROLL)]
+        if blocked:  # UNROLL is a multiple of per_block, so blocks start at u = 0, per_block, ...
+            for u in range(0, UNROLL, per_block):
+                part = products(cs[u], bits == 6)
+                for v in range(u + 1, u + per_block):
+                    part = builder.fadd(part, products(cs[v], bits == 6), flags=FAST)
+                add(accs[u], builder.fmul(part, scale(cs[u]), flags=FAST))
+        else:
+            for u in range(UNROLL):
+                builder.store(products(cs[u], bits == 6, builder.load(accs[u])), accs[u])
     done = builder.mul(groups, ir.Constant(i64, UNROLL))
     with cgutils.for_range(builder, builder.sub(chunks, done)) as loop:
-        chunk(builder.add(done, loop.index), accs[0])
+        c = builder.add(done, loop.index)
+        x = products(c, False)
+        add(accs[0], builder.fmul(x, scale(c), flags=FAST) if blocked else x)
     vec = builder.load(accs[0])
     for acc in accs[1:]:
         vec = builder.fadd(vec, builder.load(acc), flags=FAST)
