@@ -1,7 +1,6 @@
 """GE2E default model: loads resemblyzer's pretrained.pt, matches resemblyzer, exports to dynamic ONNX."""
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import subprocess
 import sys
@@ -10,19 +9,18 @@ from pathlib import Path
 import librosa
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import soundfile as sf
 import torch
 
 from voxfloat.export.core import ExportError, export_onnx
-from voxfloat.export.ge2e import (DEFAULT_THRESHOLD, LAYOUT, N_FFT, GE2EEncoder, build, default_checkpoint,
-                                  partial_count)
+from voxfloat.export.ge2e import LAYOUT, N_FFT, GE2EEncoder, build, default_checkpoint, partial_count
 from voxfloat.export.frontends import MelPower
 from voxfloat.runtime.card import INPUT_NAME, OUTPUT_NAME, ModelCard
 from voxfloat.store.formats import get_format
-from parity import cosine
+from parity import cosine, ort_session
 
+pytestmark = pytest.mark.parity
 SR = 16000
 SCALE_FORMAT = "e4m3"
 # 0.5 s .. 20 s, with lengths on both sides of the second partial's appearance (25440 samples) and of
@@ -31,22 +29,20 @@ LENGTHS = [8000, 17777, 25439, 25440, 31519, 31520, 43839, 43840, 60000, 123457,
 
 
 @pytest.fixture(scope="module")
-def built():
+def built(ge2e):
     torch.set_num_threads(1)
-    return build("ge2e", None)
+    return ge2e
 
 
 @pytest.fixture(scope="module")
-def sessions(built, tmp_path_factory):
-    """The default model exported once without and once with the scaling node: name -> (session, card)."""
-    out, made = tmp_path_factory.mktemp("ge2e"), {}
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    for fmt in (None, SCALE_FORMAT):
-        path = out / f"ge2e-{fmt}.onnx"
-        export_onnx(built.encoder, dataclasses.replace(built.card), path, fmt, dynamo=built.dynamo)
+def sessions(built, ge2e_onnx, tmp_path_factory):
+    """The default model without (the run's shared export) and with the scaling node: name -> (session, card)."""
+    scaled = tmp_path_factory.mktemp("ge2e") / f"ge2e-{SCALE_FORMAT}.onnx"
+    export_onnx(built.encoder, built.card, scaled, SCALE_FORMAT, dynamo=built.dynamo)
+    made = {}
+    for fmt, path in ((None, ge2e_onnx), (SCALE_FORMAT, scaled)):
         card = ModelCard.from_metadata({p.key: p.value for p in onnx.load(path).metadata_props})
-        made[fmt] = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"]), card
+        made[fmt] = ort_session(path, threads=1), card
     return made
 
 
@@ -91,7 +87,7 @@ def test_card_of_default_model(built):
     assert card.arch == "ge2e" and card.embedding_dim == 256 and card.sample_rate == SR
     assert "resemblyzer 0.1.4 pretrained.pt" in card.source and card.frontend
     assert len(card.fingerprint) == 64
-    assert card.threshold == DEFAULT_THRESHOLD and "trials_clean" in card.threshold_source
+    assert card.threshold == DEFAULT_THRESHOLD and "real speech" in card.threshold_source
 
 
 def test_explicit_checkpoint_is_the_same_model(built):
@@ -177,6 +173,11 @@ def test_scaling_node_keeps_cosine_and_sets_peak(sessions, long_audio):
     e, s = run(plain, x), run(scaled, x)
     assert cosine(e, s).min() >= 0.99999
     np.testing.assert_allclose(np.abs(s).max(axis=1), target, rtol=1e-5)
+
+
+def test_export_leaves_the_callers_card_alone(built, sessions):
+    """export_onnx writes the scaling fields into a copy: the built card stays unscaled for the next export."""
+    assert (built.card.scale_format, built.card.scale_target) == ("", 0.0)
 
 
 @pytest.fixture(scope="module")
