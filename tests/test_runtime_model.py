@@ -134,6 +134,7 @@ def fake_ort(monkeypatch: pytest.MonkeyPatch):
         FakeSession.calls, FakeSession.loaded, FakeSession.fail_with_cuda = [], loaded, fail_with_cuda
         monkeypatch.setattr(session_module.ort, "get_available_providers", lambda: available)
         monkeypatch.setattr(session_module.ort, "InferenceSession", FakeSession)
+        monkeypatch.setattr(session_module, "gpu_driver_present", lambda: True)  # the faked machine has a driver
         return FakeSession
 
     return setup
