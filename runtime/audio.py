@@ -17,9 +17,9 @@ import soxr
 
 from voxfloat.errors import VoxfloatError
 from voxfloat.files import open_regular
-from voxfloat.runtime.limits import DEFAULT_MAX_SECONDS, MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
+from voxfloat.runtime.limits import (DEFAULT_MAX_SECONDS, MAX_CHANNELS, MAX_SAMPLE_RATE, MIN_SAMPLE_RATE,
+                                     SAMPLES_PER_SECOND)
 
-MAX_CHANNELS = 64  # more channels than any recording of speech: a corrupt or hostile header
 SILENCE_RMS = 1e-5  # -100 dBFS, a third of one int16 step: below this there is no voice to embed
 
 
@@ -43,18 +43,32 @@ def _check_length(name: str, frames: int, rate: int, max_seconds: float) -> None
                          "(--max-seconds)")
 
 
+def _frame_budget(name: str, rate: int, channels: int, max_seconds: float) -> int:
+    """Most frames decoded for a file: its duration cap, and a memory budget (SAMPLES_PER_SECOND samples a
+    second of the cap, all channels together) that a header claiming a high rate and many channels cannot pass."""
+    _check_rate(name, rate)
+    if not 1 <= channels <= MAX_CHANNELS:
+        raise AudioError(f"{name}: {channels} channels; at most {MAX_CHANNELS} are accepted")
+    budget = int(max_seconds * SAMPLES_PER_SECOND) // channels
+    return min(int(max_seconds * rate), budget)
+
+
+def _check_frames(name: str, frames: int, rate: int, channels: int, max_seconds: float) -> None:
+    _check_length(name, frames, rate, max_seconds)
+    if frames * channels > max_seconds * SAMPLES_PER_SECOND:
+        raise AudioError(f"{name}: too much audio data: {channels} channels at {rate} Hz for {frames / rate:.1f} s "
+                         f"(decoding stops at {max_seconds:g} s of 48 kHz stereo; --max-seconds)")
+
+
 def _read_soundfile(source: BinaryIO, name: str, max_seconds: float) -> tuple[np.ndarray, int]:
     """Decode with libsndfile after checking rate, channels and duration from the header (nothing decoded before)."""
     with sf.SoundFile(source) as snd:
         rate, frames, channels = int(snd.samplerate), int(snd.frames), int(snd.channels)
-        _check_rate(name, rate)
-        if not 1 <= channels <= MAX_CHANNELS:
-            raise AudioError(f"{name}: {channels} channels, more than the {MAX_CHANNELS} accepted")
-        limit = int(max_seconds * rate)
+        limit = _frame_budget(name, rate, channels, max_seconds)
         if 0 <= frames < 2 ** 62:
-            _check_length(name, frames, rate, max_seconds)
+            _check_frames(name, frames, rate, channels, max_seconds)
         data = snd.read(frames=limit + 1, dtype="float32", always_2d=True)  # a header that lies stops here too
-    _check_length(name, data.shape[0], rate, max_seconds)
+    _check_frames(name, data.shape[0], rate, channels, max_seconds)
     return data, rate
 
 
@@ -83,8 +97,7 @@ def _read_audioread(path: Path, name: str, max_seconds: float, first: str) -> tu
     try:
         with audioread.audio_open(str(path)) as f:
             rate, channels = int(f.samplerate), max(1, int(f.channels))
-            _check_rate(name, rate)
-            limit = int((max_seconds + 1.0) * rate) * channels  # bounds the decoding itself
+            limit = (_frame_budget(name, rate, channels, max_seconds) + 1) * channels  # bounds the decoding itself
             for block in f:
                 chunks.append(np.frombuffer(block, "<i2"))
                 if sum(map(len, chunks)) > limit:
@@ -95,7 +108,7 @@ def _read_audioread(path: Path, name: str, max_seconds: float, first: str) -> tu
         raise AudioError(f"{name}: unreadable audio (soundfile: {first}; audioread: {_first_line(e)})") from None
     pcm = np.concatenate(chunks) if chunks else np.zeros(0, "<i2")
     data = (pcm[:len(pcm) - len(pcm) % channels].astype(np.float32) / 32768.0).reshape(-1, channels)
-    _check_length(name, data.shape[0], rate, max_seconds)
+    _check_frames(name, data.shape[0], rate, channels, max_seconds)
     return data, rate
 
 

@@ -67,3 +67,13 @@ def test_limits_apply_to_bytes_and_waveforms(tmp_path: Path) -> None:
     with pytest.raises(AudioError, match="sample rate 1 Hz"):
         load_audio(declare_rate(tmp_path / "a.wav", 1).read_bytes(), 16000, 0.5, 5.0)
     assert DEFAULT_MAX_SECONDS == 300.0  # the documented default
+
+
+def test_many_channels_at_a_high_rate_are_refused_by_the_decoding_budget(tmp_path: Path) -> None:
+    """16 channels at 48 kHz for 1 s is under a 2 s cap but 8 times the samples of 48 kHz stereo: refused from
+    the header, so a hostile header cannot make the decoder allocate more than the cap's worth of stereo."""
+    path = tmp_path / "wide.wav"
+    sf.write(path, np.full((48000, 16), 0.1, np.float32), 48000, subtype="PCM_16")
+    with pytest.raises(AudioError, match=r"too much audio data: 16 channels at 48000 Hz for 1.0 s"):
+        load_audio(path, 16000, 0.5, 2.0)
+    assert load_audio(path, 16000, 0.5, 10.0).shape == (16000,)
