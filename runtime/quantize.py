@@ -134,6 +134,7 @@ def weight_axes(node: onnx.NodeProto, index: int) -> tuple[int, int]:
 
 
 def _const(name: str, value: np.ndarray | TensorProto) -> onnx.NodeProto:
+    """A Constant node named `name` holding `value`."""
     t = value if isinstance(value, TensorProto) else numpy_helper.from_array(value)
     t.name = name
     return helper.make_node("Constant", [], [name], value=t)
@@ -282,6 +283,7 @@ class _Reader:
         self._it: Iterator[np.ndarray] = iter(waves)
 
     def get_next(self) -> dict[str, np.ndarray] | None:
+        """The next input feed, None at the end."""
         w = next(self._it, None)
         return None if w is None else {INPUT_NAME: w[None].astype(np.float32)}
 
@@ -409,6 +411,8 @@ def quantize(model: str | os.PathLike, weights: str, out: str | os.PathLike,
     if weights not in WEIGHTS:
         raise UsageError(f"unknown weight precision {weights!r}; choose from {', '.join(WEIGHTS)}")
     src = Path(model)
+    if Path(out).resolve() == src.resolve():
+        raise UsageError(f"{out}: the output would replace the model it is quantized from; choose another --out")
     parent = SpeakerEncoder(src, device="cpu", threads=threads)
     card = parent.card
     if card.quantization:
