@@ -6,7 +6,7 @@ to int8, int4, e4m3 and mxfp4, calibrated on files spread over ../shared/corpus.
 --repeats rounds (the models interleaved) on a --seconds input in this process at 1 intra-op thread; memory: resident set of a fresh process
 after it loaded the model and ran it once (onnxruntime's arena keeps the run's peak), and its growth over the imports.
 Cosine: embeddings of --cos-files corpus files (clean and degraded) against float32's. For GE2E also the EER on
-the clean, hard and mixed lists (all 960 files) and the int8 layer-by-layer sensitivity.
+the clean, hard and mixed lists (all 960 files, no VAD: the model alone) and the int8 layer-by-layer sensitivity.
 Run: taskset -c 1 .venv/bin/python bench/quant_bench.py [--arch ge2e,campplus,...] [--seconds 10] [--repeats 5]
 """
 from __future__ import annotations
@@ -82,7 +82,7 @@ def ge2e_eers(models: dict[str, Path]) -> None:
     files = sorted({f for t in lists.values() for f in t.files})
     embedded = {}
     for name, path in models.items():
-        result = SpeakerEncoder(path, device="cpu", threads=2).embed_files([str(CORPUS / f) for f in files])
+        result = SpeakerEncoder(path, device="cpu", threads=2, vad=False).embed_files([str(CORPUS / f) for f in files])
         assert not result.errors, result.errors[:3]
         embedded[name] = result.embeddings
     print(f"\nGE2E on all {len(files)} corpus files: EER % per list (relative change to float32), cosine to float32")

@@ -12,6 +12,7 @@ float32 in every case.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
@@ -288,29 +289,36 @@ class _Reader:
         return None if w is None else {INPUT_NAME: w[None].astype(np.float32)}
 
 
-def _quiet() -> None:
-    """onnxruntime.quantization logs its pre-processing advice at WARNING on the root logger for every call."""
-    logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Hide the pre-processing advice onnxruntime.quantization logs at WARNING on the root logger on every call."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.ERROR))
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 def int8_dynamic(src: Path, dst: Path, nodes: Sequence[str], op_types: Sequence[str]) -> None:
     """onnxruntime quantize_dynamic with int8 per-channel weights on exactly `nodes`."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    _quiet()
-    quantize_dynamic(src, dst, per_channel=True, weight_type=QuantType.QInt8, op_types_to_quantize=list(op_types),
-                     nodes_to_quantize=list(nodes))
+    with _quiet():
+        quantize_dynamic(src, dst, per_channel=True, weight_type=QuantType.QInt8, op_types_to_quantize=list(op_types),
+                         nodes_to_quantize=list(nodes))
 
 
 def int8_static(src: Path, dst: Path, nodes: Sequence[str], waves: Sequence[np.ndarray]) -> None:
     """onnxruntime quantize_static: QDQ, int8 per-channel weights, int8 activations calibrated (min-max) on `waves`."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    _quiet()
-    quantize_static(src, dst, _Reader(waves), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                    op_types_to_quantize=["Conv", "MatMul", "Gemm"], nodes_to_quantize=list(nodes),
-                    calibrate_method=CalibrationMethod.MinMax)
+    with _quiet():
+        quantize_static(src, dst, _Reader(waves), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                        op_types_to_quantize=["Conv", "MatMul", "Gemm"], nodes_to_quantize=list(nodes),
+                        calibrate_method=CalibrationMethod.MinMax)
 
 
 def int4_matmul(proto: onnx.ModelProto, nodes: Sequence[str]) -> onnx.ModelProto:
@@ -320,11 +328,11 @@ def int4_matmul(proto: onnx.ModelProto, nodes: Sequence[str]) -> onnx.ModelProto
     except ImportError as e:
         raise UsageError(f"int4 needs onnxruntime's MatMulNBitsQuantizer: pip install 'voxfloat[quantize]' ({e})") from None
 
-    _quiet()
     everything = {n.name for n in proto.graph.node}
     q = MatMulNBitsQuantizer(proto, block_size=BLOCK, is_symmetric=True, nodes_to_exclude=sorted(everything - set(nodes)),
                              algo_config=DefaultWeightOnlyQuantConfig(block_size=BLOCK, is_symmetric=True))
-    q.process()
+    with _quiet():
+        q.process()
     return q.model.model
 
 
