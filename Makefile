@@ -43,3 +43,4 @@ bench: $(STAMP)
 	$(VENV)/bin/python bench/store_bench.py
 	$(VENV)/bin/python bench/runtime_bench.py
 	$(VENV)/bin/python bench/export_bench.py
+	$(VENV)/bin/python bench/eval_bench.py
