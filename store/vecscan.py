@@ -14,6 +14,8 @@ scaled by instead); the sign bit is or-ed in after. f16 widens with the CPU's ha
 """
 from __future__ import annotations
 
+import functools
+
 import llvmlite.binding as llvm
 import numba
 import numpy as np
@@ -33,6 +35,7 @@ f32 = ir.FloatType()
 FAST = ("fast",)
 
 
+@functools.cache
 def target_has(feature: str) -> bool:
     """Whether numba compiles for a CPU with `feature` (NUMBA_CPU_FEATURES if set, else this host's)."""
     if config.CPU_FEATURES is not None:
