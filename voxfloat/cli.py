@@ -175,7 +175,7 @@ def parse_list(value: str, allowed: tuple[str, ...] | dict, what: str) -> list[s
 def export_cmd(
     arch: Annotated[str, typer.Argument(help=f"One of {', '.join(ARCHS)}.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="ONNX file to write.")],
-    checkpoint: Annotated[Optional[Path], typer.Option(help="Upstream checkpoint file (ge2e: the resemblyzer weights by default).")] = None,
+    checkpoint: Annotated[Optional[Path], typer.Option(readable=False, help="Upstream checkpoint file (ge2e: the resemblyzer weights by default).")] = None,
     format: Annotated[str, typer.Option("--format", help="Storage format the appended scaling node targets.")] = "e4m3",
     no_scale: Annotated[bool, typer.Option("--no-scale", help="Leave the scaling node out.")] = False,
     sherpa: Annotated[bool, typer.Option("--sherpa", help="Write the encoder alone (fbank in) with sherpa-onnx metadata.")] = False,
@@ -325,7 +325,7 @@ def embed_cmd(
 @app.command("eval")
 def eval_cmd(
     trials_path: Annotated[Path, typer.Option("--trials", "-t", readable=False, help="VoxCeleb-style trial list: label enroll test.")],
-    audio_root: Annotated[Path, typer.Option(help="Folder the trial list's paths are relative to.")],
+    audio_root: Annotated[Path, typer.Option(readable=False, help="Folder the trial list's paths are relative to.")],
     formats: Annotated[str, typer.Option(help="Comma-separated formats.")] = ",".join(FORMATS),
     scale: Annotated[str, typer.Option(help="Comma-separated scale modes.")] = "vector",
     threshold: Annotated[Optional[float], typer.Option(callback=threshold_option, help="Threshold for FAR/FRR (default: the model's).")] = None,
@@ -373,7 +373,7 @@ def eval_cmd(
 def calibrate(
     store_path: Annotated[Path, typer.Option("--store", "-s", readable=False, help="Store whose thresholds are set.")],
     trials_path: Annotated[Path, typer.Option("--trials", "-t", readable=False, help="VoxCeleb-style trial list: label enroll test.")],
-    audio_root: Annotated[Path, typer.Option(help="Folder the trial list's paths are relative to.")],
+    audio_root: Annotated[Path, typer.Option(readable=False, help="Folder the trial list's paths are relative to.")],
     target_far: Annotated[float, typer.Option(min=1e-6, max=0.5, help="False-acceptance rate of the FAR point (fraction).")] = 0.01,
     use: Annotated[Point, typer.Option(help="Which point `verify` decides with.")] = Point.eer,
     model: ModelOpt = None, max_seconds: MaxSecondsOpt = DEFAULT_MAX_SECONDS, vad: VadOpt = True,
@@ -465,12 +465,12 @@ def info(
 
 @app.command()
 def serve(
-    store_path: Annotated[Path, typer.Option("--store", "-s", help="Store file (.vxf) to serve; `voxfloat enroll` makes one.")],
-    model: Annotated[Optional[Path], typer.Option("--model", "-m", help="ONNX model (default: the shipped one).")] = None,
+    store_path: Annotated[Path, typer.Option("--store", "-s", readable=False, help="Store file (.vxf) to serve; `voxfloat enroll` makes one.")],
+    model: Annotated[Optional[Path], typer.Option("--model", "-m", readable=False, help="ONNX model (default: the shipped one).")] = None,
     host: Annotated[str, typer.Option(help="Address to listen on; anything but 127.0.0.1 exposes the service.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535)] = 8080,
     workers: Annotated[int, typer.Option(min=1, help="Processes, each with its own model session and store view.")] = 1,
-    token_file: Annotated[Optional[Path], typer.Option(help="File holding a token; requests then need 'Authorization: Bearer TOKEN'.")] = None,
+    token_file: Annotated[Optional[Path], typer.Option(readable=False, help="File holding a token; requests then need 'Authorization: Bearer TOKEN'.")] = None,
     max_body_mb: Annotated[Optional[float], typer.Option(min=0.01, help="Largest request body accepted, MB (default 25).")] = None,
     body_timeout: Annotated[Optional[float], typer.Option(min=0.1, help="Seconds a request body may take to arrive (default 60).")] = None,
     max_seconds: MaxSecondsOpt = DEFAULT_MAX_SECONDS, device: DeviceOpt = Device.auto, vad: VadOpt = True,
