@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from voxfloat.store import VoiceprintStore
 
 MIN_SPEAKERS = 3       # speakers with >= 2 utterances each: fewer give no usable impostor spread
-RATIO = 1.3            # impostor z over genuine z at the operating point: errs towards rejecting impostors
+RATIO = 1.5            # impostor z over genuine z at the operating point: errs towards rejecting impostors
 PRIOR_TRIALS = 20      # weight of the model's default, in genuine trials
 SELF = "self-calibrated at enrollment"
 TRIALS = "calibrated on"  # how `calibrate` (a trial list) begins its source: never overridden here
