@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from voxfloat.evaluate import evaluate, read_trials
-from voxfloat.export.core import build, export_onnx
 from voxfloat.runtime import SpeakerEncoder, load_audio
 from voxfloat.store import FORMATS
 
+pytestmark = pytest.mark.parity
 LISTS = ("clean", "hard", "mixed")
 # Allowed rise of the EER (points) over float32, per format: (absolute floor, relative part of the f32 EER).
 TOLERANCE = {"f32": (0.01, 0.0), "f16": (0.01, 0.005), "bf16": (0.01, 0.005),
@@ -25,20 +25,17 @@ def resolution(n_target: int) -> float:
 
 
 @pytest.fixture(scope="module")
-def corpus_embeddings(corpus_dir: Path, tmp_path_factory) -> dict[str, tuple[list[str], np.ndarray]]:
-    """Every corpus file embedded once by PyTorch and once by the exported ONNX model (no scaling node)."""
+def corpus_embeddings(corpus_dir: Path, ge2e, ge2e_onnx) -> dict[str, tuple[list[str], np.ndarray]]:
+    """Every corpus file embedded once by PyTorch and once by the run's ONNX export (no scaling node)."""
     files = sorted(str(p.relative_to(corpus_dir)) for p in corpus_dir.glob("*/*/*.flac"))
     assert len(files) == 960, f"expected 60 x 8 clean + hard files in {corpus_dir}, found {len(files)}"
-    built = build("ge2e", None)
-    model_path = tmp_path_factory.mktemp("ge2e") / "ge2e.onnx"
-    export_onnx(built.encoder, built.card, model_path, None, dynamo=built.dynamo)
-    encoder = SpeakerEncoder(model_path, device="cpu")
+    encoder = SpeakerEncoder(ge2e_onnx, device="cpu", vad=False)  # the graph against PyTorch on the same audio
     result = encoder.embed_files([str(corpus_dir / f) for f in files])
     assert not result.errors, result.errors[:3]
     onnx = np.asarray(result.embeddings, dtype=np.float32)
     torch.set_num_threads(2)
     with torch.no_grad():
-        pt = np.stack([built.encoder(torch.from_numpy(load_audio(corpus_dir / f))[None])[0].numpy() for f in files])
+        pt = np.stack([ge2e.encoder(torch.from_numpy(load_audio(corpus_dir / f))[None])[0].numpy() for f in files])
     return {"torch": (files, pt.astype(np.float32)), "onnx": (files, onnx)}
 
 

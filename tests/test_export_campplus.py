@@ -4,95 +4,58 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 import torch.nn.functional as F
 
+from parity import (CAMPPLUS, Exported, assert_parity, check_batched, check_reference_parity, cosine, one_line_error,
+                    ort_session)
 from voxfloat.export.campplus import segment_means, segment_pooling
-from voxfloat.export.core import ExportError, build, export_onnx
+from voxfloat.export.core import ExportError, build
 from voxfloat.export.layers import TSTP
-from voxfloat.runtime.card import INPUT_NAME, OUTPUT_NAME, ModelCard
-from parity import assert_parity, cosine
+from voxfloat.runtime.card import ModelCard
 
-ARCHS = {"campplus": "campplus_3dspeaker", "campplus-wespeaker": "campplus_wespeaker"}  # arch -> reference name
+pytestmark = pytest.mark.parity
 FEATURE_ATOL = 2e-3
 
 
-def session(path) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
-def torch_embed(built, wav: np.ndarray) -> np.ndarray:
-    with torch.no_grad():
-        return built.encoder(torch.from_numpy(np.ascontiguousarray(wav))[None])[0].numpy()
-
-
-@pytest.fixture(scope="module", params=sorted(ARCHS))
-def exported(request, official_checkpoint, tmp_path_factory):
-    """(arch, Built, ORT session of the unscaled waveform-in export) for the reference weights."""
-    torch.set_num_threads(1)
-    arch = request.param
-    built = build(arch, official_checkpoint(ARCHS[arch]))
-    out = tmp_path_factory.mktemp("onnx") / f"{arch}.onnx"
-    export_onnx(built.encoder, built.card, out, None, dynamo=built.dynamo)
-    return arch, built, session(out), out
-
-
-def test_pytorch_matches_upstream(exported, reference_dir, reference_inputs):
-    arch, built, _, _ = exported
-    z = np.load(reference_dir / f"{ARCHS[arch]}.npz")
-    frontend, net = built.encoder
+def test_front_end_matches_upstream(campplus, reference_dir, reference_inputs):
+    arch, model = campplus
+    z = np.load(reference_dir / f"{CAMPPLUS[arch]}.npz")
     for utt, wav in reference_inputs.items():
         with torch.no_grad():
-            feats = frontend(torch.from_numpy(wav)[None])
-            emb = net(feats)[0].numpy()
-        assert np.abs(feats[0].numpy() - z[f"{utt}/features"]).max() <= FEATURE_ATOL, utt
-        assert_parity(emb, z[f"{utt}/embedding"], f"{arch} {utt} PyTorch")
+            feats = model.built.encoder[0](torch.from_numpy(wav)[None])[0].numpy()
+        assert np.abs(feats - z[f"{utt}/features"]).max() <= FEATURE_ATOL, utt
 
 
-def test_onnx_matches_upstream(exported, reference_dir, reference_inputs):
-    arch, _, sess, _ = exported
-    z = np.load(reference_dir / f"{ARCHS[arch]}.npz")
-    for utt, wav in reference_inputs.items():
-        emb = sess.run([OUTPUT_NAME], {INPUT_NAME: wav[None]})[0][0]
-        assert_parity(emb, z[f"{utt}/embedding"], f"{arch} {utt} ONNX")
+def test_pytorch_and_onnx_match_upstream(campplus, reference_dir, reference_inputs):
+    arch, model = campplus
+    check_reference_parity(model, CAMPPLUS[arch], reference_dir, reference_inputs)
 
 
-def test_onnx_batch_equals_single(exported, reference_inputs):
-    _, _, sess, _ = exported
-    n = len(reference_inputs["utt_3p37s"])  # 335 frames -> 168 after the stride-2 TDNN: a partial last segment
-    batch = np.stack([w[:n] for w in reference_inputs.values() if len(w) >= n])
-    together = sess.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
-    for i, row in enumerate(batch):
-        alone = sess.run([OUTPUT_NAME], {INPUT_NAME: row[None]})[0][0]
-        assert cosine(together[i], alone) >= 0.99999, i
+def test_onnx_batch_equals_single(campplus, reference_inputs):
+    # 335 frames -> 168 after the stride-2 TDNN: a partial last segment
+    check_batched(campplus[1], reference_inputs, length=len(reference_inputs["utt_3p37s"]))
 
 
-def test_card_and_metadata(exported):
-    arch, built, _, path = exported
-    card = ModelCard.from_metadata({p.key: p.value for p in onnx.load(str(path)).metadata_props})
+def test_card_and_metadata(campplus):
+    arch, model = campplus
+    card = ModelCard.from_metadata({p.key: p.value for p in onnx.load(str(model.path)).metadata_props})
     assert card.arch == arch and card.embedding_dim == 512 and card.threshold == pytest.approx(0.381)
-    assert card.threshold_source and card.fingerprint == built.card.fingerprint
+    assert card.threshold_source and card.fingerprint == model.built.card.fingerprint
     window = "povey" if arch == "campplus" else "hamming"
     assert window in card.frontend and ("x32768" in card.frontend) == (arch == "campplus-wespeaker")
-    assert built.sherpa_meta["output_dim"] == "512"
+    assert model.built.sherpa_meta["output_dim"] == "512"
 
 
-@pytest.mark.parametrize("arch", sorted(ARCHS))
-def test_heldout_weights_pytorch_equals_onnx(arch, official_checkpoint, reference_inputs, tmp_path):
-    torch.set_num_threads(1)
-    built = build(arch, official_checkpoint(ARCHS[arch], salt="heldout"))
-    reference = build(arch, official_checkpoint(ARCHS[arch]))
-    assert built.card.fingerprint != reference.card.fingerprint
-    export_onnx(built.encoder, built.card, tmp_path / "m.onnx", None, dynamo=built.dynamo)
-    sess = session(tmp_path / "m.onnx")
+def test_heldout_weights_pytorch_equals_onnx(campplus, official_checkpoint, reference_inputs, tmp_path):
+    arch, reference = campplus
+    salted = Exported(arch, official_checkpoint(CAMPPLUS[arch], salt="heldout"), tmp_path / "m.onnx", threads=1)
+    assert salted.built.card.fingerprint != reference.built.card.fingerprint
     for utt, wav in reference_inputs.items():
-        expected = torch_embed(built, wav)
-        assert cosine(expected, torch_embed(reference, wav)) < 0.9999, utt  # the salt really changed the network
-        assert_parity(sess.run([OUTPUT_NAME], {INPUT_NAME: wav[None]})[0][0], expected, f"{arch} {utt} held-out")
+        expected = salted.torch(wav[None])[0]
+        assert cosine(expected, reference.torch(wav[None])[0]) < 0.9999, utt  # the salt really changed the network
+        assert_parity(salted.onnx(wav[None])[0], expected, f"{arch} {utt} held-out")
 
 
 def upstream_segment_means(x: torch.Tensor) -> torch.Tensor:
@@ -110,7 +73,7 @@ def test_segment_pooling_exact_for_any_length(tmp_path):
     gen = torch.Generator().manual_seed(1)
     torch.onnx.export(Pool(), (torch.randn(1, 3, 250),), str(tmp_path / "pool.onnx"), dynamo=False, opset_version=17,
                       input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "b", 2: "t"}})
-    sess = session(tmp_path / "pool.onnx")
+    sess = ort_session(tmp_path / "pool.onnx", threads=1)
     for frames in (1, 2, 99, 100, 101, 168, 250, 499):
         x = torch.randn(2, 3, frames, generator=gen)
         expected = upstream_segment_means(x).numpy()
@@ -121,26 +84,18 @@ def test_segment_pooling_exact_for_any_length(tmp_path):
 
 def test_stats_pooling_follows_each_upstream():
     x = torch.randn(2, 8, 37, generator=torch.Generator().manual_seed(2))
-    threed = torch.cat([x.mean(-1), x.std(-1, unbiased=True)], -1)
-    wespeaker = torch.cat([x.mean(-1), torch.sqrt(torch.var(x, dim=-1) + 1e-7)], -1)
+    threed = torch.cat([x.mean(-1), x.std(-1, unbiased=True)], -1)  # 3D-Speaker StatsPool
     torch.testing.assert_close(TSTP(None)(x), threed)
-    torch.testing.assert_close(TSTP(1e-7)(x), wespeaker)
     constant = torch.ones(1, 2, 5)
     assert TSTP(None)(constant)[0, 2:].abs().max() == 0  # no eps: std of a constant is exactly 0
+    # WeSpeaker TSTP (the default): sqrt(var + 1e-7), so a constant has std sqrt(1e-7)
+    torch.testing.assert_close(TSTP()(constant)[0, 2:], torch.full((2,), 1e-7).sqrt())
 
 
-def one_line_error(arch: str, path) -> str:
-    with pytest.raises(ExportError) as err:
-        build(arch, path)
-    message = str(err.value)
-    assert "\n" not in message and str(path) in message
-    return message
-
-
-@pytest.mark.parametrize("arch", sorted(ARCHS))
+@pytest.mark.parametrize("arch", sorted(CAMPPLUS))
 def test_wrong_layout_errors(arch, official_checkpoint, tmp_path):
     layout = "3D-Speaker CAM++" if arch == "campplus" else "WeSpeaker CAM++"
-    state = torch.load(official_checkpoint(ARCHS[arch]), weights_only=True)
+    state = torch.load(official_checkpoint(CAMPPLUS[arch]), weights_only=True)
 
     missing = dict(state)
     del missing["xvector.block2.tdnnd7.cam_layer.linear1.bias"]

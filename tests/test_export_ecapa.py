@@ -1,111 +1,40 @@
-"""WeSpeaker ECAPA-TDNN export: the four upstream variants match the official embeddings in PyTorch and ONNX.
-
-The parity helpers here are shared with test_export_resnet.py (the other WeSpeaker fbank model).
-"""
+"""WeSpeaker ECAPA-TDNN export: the four upstream variants match the official embeddings in PyTorch and ONNX."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
+from collections.abc import Callable
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import sherpa_onnx
 import torch
 
-from voxfloat.export.core import Built, ExportError, build, export_onnx
+from parity import (Exported, assert_parity, check_batched, check_reference_parity, check_salted, cosine,
+                    one_line_error, ort_session, rewrite_checkpoint)
+from voxfloat.export.core import build
 from voxfloat.export.sherpa import export_sherpa
-from voxfloat.runtime.card import INPUT_NAME, OUTPUT_NAME, ModelCard
-from parity import assert_parity, cosine
+from voxfloat.runtime.card import ModelCard
 
+pytestmark = pytest.mark.parity
 ECAPA = ["ecapa_tdnn_glob_c512", "ecapa_tdnn_c512", "ecapa_tdnn_glob_c1024", "ecapa_tdnn_c1024"]
 
 
-class Exported:
-    """A built checkpoint with its unscaled ONNX export and an ORT session on it."""
+@pytest.fixture(scope="module")
+def ecapa(official_checkpoint, tmp_path_factory) -> Callable[[str], Exported]:
+    """Factory: variant `name`'s official-layout checkpoint (rule weights) built and exported once per run."""
+    made: dict[str, Exported] = {}
 
-    def __init__(self, arch: str, checkpoint: Path, out: Path):
-        self.built: Built = build(arch, checkpoint)
-        export_onnx(self.built.encoder, self.built.card, out, None, dynamo=self.built.dynamo)
-        self.path = out
-        self.session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    def get(name: str) -> Exported:
+        if name not in made:
+            made[name] = Exported("ecapa", official_checkpoint(name), tmp_path_factory.mktemp("onnx") / f"{name}.onnx")
+        return made[name]
 
-    def torch(self, waveforms: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return self.built.encoder(torch.from_numpy(waveforms)).numpy()
-
-    def onnx(self, waveforms: np.ndarray) -> np.ndarray:
-        return self.session.run([OUTPUT_NAME], {INPUT_NAME: waveforms})[0]
+    return get
 
 
-def export_reference(name: str, arch: str, official_checkpoint, tmp_path_factory, salt: str = "") -> Exported:
-    """Build `name`'s official-layout checkpoint (rule weights, optional salt) and export it once."""
-    out = tmp_path_factory.mktemp("onnx") / f"{name}{'-' + salt if salt else ''}.onnx"
-    return Exported(arch, official_checkpoint(name, salt=salt), out)
-
-
-def check_reference_parity(model: Exported, name: str, reference_dir: Path, reference_inputs) -> None:
-    """PyTorch (waveform in), the fbank-in network and ONNX each match the official embeddings."""
-    ref = np.load(reference_dir / f"{name}.npz")
-    for utt, wav in reference_inputs.items():
-        expected = ref[f"{utt}/embedding"]
-        assert_parity(model.torch(wav[None])[0], expected, f"{name} {utt} PyTorch")
-        assert_parity(model.onnx(wav[None])[0], expected, f"{name} {utt} ONNX")
-        with torch.no_grad():
-            from_features = model.built.sherpa(torch.from_numpy(ref[f"{utt}/features"])[None])[0].numpy()
-        assert_parity(from_features, expected, f"{name} {utt} network on the official fbank")
-
-
-def check_batched(model: Exported, reference_inputs) -> None:
-    """An equal-length batch through ONNX gives each utterance's single-run embedding."""
-    n = min(len(w) for w in reference_inputs.values())
-    batch = np.stack([w[:n] for w in reference_inputs.values()])
-    together = model.onnx(batch)
-    for i, wav in enumerate(batch):
-        cos = cosine(together[i], model.onnx(wav[None])[0])
-        assert cos >= 0.99999, f"batch row {i}: cosine {cos:.7f}"
-
-
-def check_salted(model: Exported, name: str, reference_dir: Path, reference_inputs) -> None:
-    """Another weight set: PyTorch and ONNX agree, and the embeddings really come from the new weights."""
-    ref = np.load(reference_dir / f"{name}.npz")
-    for utt, wav in reference_inputs.items():
-        eager = model.torch(wav[None])[0]
-        assert_parity(model.onnx(wav[None])[0], eager, f"{name} salted {utt} ONNX vs PyTorch")
-        cos = cosine(eager, ref[f"{utt}/embedding"])
-        assert cos < 0.999, f"{name} salted {utt}: cosine {cos:.4f} to the unsalted embedding, weights did not change"
-
-
-def rewrite_checkpoint(src: Path, dst: Path, edit) -> Path:
-    """Save a copy of the official state dict after `edit(state)` (which may also wrap it)."""
-    state = torch.load(src, map_location="cpu", weights_only=True)
-    torch.save(edit(state), dst)
-    return dst
-
-
-def one_line_error(arch: str, checkpoint: Path, *needles: str) -> str:
-    """build() must fail with one line naming the file and every `needle`."""
-    with pytest.raises(ExportError) as err:
-        build(arch, checkpoint)
-    msg = str(err.value)
-    assert "\n" not in msg and str(checkpoint) in msg, msg
-    for needle in needles:
-        assert needle in msg, f"{needle!r} not in {msg!r}"
-    return msg
-
-
-@pytest.fixture(scope="module", params=ECAPA)
-def ecapa(request, official_checkpoint, tmp_path_factory) -> tuple[str, Exported]:
-    return request.param, export_reference(request.param, "ecapa", official_checkpoint, tmp_path_factory)
-
-
-@pytest.fixture(scope="module", params=ECAPA)
-def ecapa_salted(request, official_checkpoint, tmp_path_factory) -> tuple[str, Exported]:
-    return request.param, export_reference(request.param, "ecapa", official_checkpoint, tmp_path_factory, "heldout")
-
-
-def test_variant_detected_and_carded(ecapa, reference_dir):
-    name, model = ecapa
+@pytest.mark.parametrize("name", ECAPA)
+def test_variant_detected_and_carded(name, ecapa, reference_dir):
+    model = ecapa(name)
     spec = json.loads((reference_dir / f"{name}.json").read_text())
     up = spec["upstream"]
     card = ModelCard.from_metadata(model.session.get_modelmeta().custom_metadata_map)
@@ -118,8 +47,9 @@ def test_variant_detected_and_carded(ecapa, reference_dir):
     assert model.built.sherpa_meta["output_dim"] == "192" and model.built.sherpa_meta["framework"] == "wespeaker"
 
 
-def test_front_end_matches_official_fbank(ecapa, reference_dir, reference_inputs):
-    name, model = ecapa
+@pytest.mark.parametrize("name", ECAPA)
+def test_front_end_matches_official_fbank(name, ecapa, reference_dir, reference_inputs):
+    model = ecapa(name)
     ref = np.load(reference_dir / f"{name}.npz")
     for utt, wav in reference_inputs.items():
         with torch.no_grad():
@@ -129,28 +59,29 @@ def test_front_end_matches_official_fbank(ecapa, reference_dir, reference_inputs
         assert worst <= 2e-3, f"{name} {utt}: fbank max |diff| {worst:.3g}"
 
 
-def test_matches_official_embeddings(ecapa, reference_dir, reference_inputs):
-    name, model = ecapa
-    check_reference_parity(model, name, reference_dir, reference_inputs)
+@pytest.mark.parametrize("name", ECAPA)
+def test_matches_official_embeddings(name, ecapa, reference_dir, reference_inputs):
+    check_reference_parity(ecapa(name), name, reference_dir, reference_inputs)
 
 
-def test_batched_equals_single(ecapa, reference_inputs):
-    check_batched(ecapa[1], reference_inputs)
+@pytest.mark.parametrize("name", ECAPA)
+def test_batched_equals_single(name, ecapa, reference_inputs):
+    check_batched(ecapa(name), reference_inputs)
 
 
-def test_heldout_weights_torch_and_onnx_agree(ecapa_salted, reference_dir, reference_inputs):
-    name, model = ecapa_salted
-    check_salted(model, name, reference_dir, reference_inputs)
+@pytest.mark.parametrize("name", ECAPA)
+def test_heldout_weights_torch_and_onnx_agree(name, official_checkpoint, reference_dir, reference_inputs, tmp_path):
+    salted = Exported("ecapa", official_checkpoint(name, salt="heldout"), tmp_path / "salted.onnx")
+    check_salted(salted, name, reference_dir, reference_inputs)
 
 
-def test_sherpa_export(official_checkpoint, reference_dir, reference_inputs, tmp_path):
+def test_sherpa_export(ecapa, reference_dir, reference_inputs, tmp_path):
     """The fbank-in encoder with sherpa-onnx metadata: exact on the official fbank; sherpa-onnx's own fbank
     (povey window, snip_edges=false, 20-7600 Hz) only comes near (measured cosine 0.94-0.98 here)."""
-    name = "ecapa_tdnn_glob_c512"
-    built, out = build("ecapa", official_checkpoint(name)), tmp_path / "sherpa.onnx"
+    name, out = "ecapa_tdnn_glob_c512", tmp_path / "sherpa.onnx"
     ref = np.load(reference_dir / f"{name}.npz")
-    export_sherpa(built, out)
-    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    export_sherpa(ecapa(name).built, out)
+    session = ort_session(out)
     extractor = sherpa_onnx.SpeakerEmbeddingExtractor(sherpa_onnx.SpeakerEmbeddingExtractorConfig(model=str(out)))
     assert extractor.dim == 192
     for utt, wav in reference_inputs.items():
@@ -191,10 +122,10 @@ def test_not_a_state_dict(tmp_path):
     one_line_error("ecapa", text, "not a loadable PyTorch checkpoint")
 
 
-def test_training_head_and_wrapper_are_accepted(official_checkpoint, tmp_path):
+def test_training_head_and_wrapper_are_accepted(ecapa, official_checkpoint, tmp_path):
     """Published avg_model.pt files carry `projection.*`; upstream's loader also unwraps {'state_dict': ...}."""
     src = official_checkpoint("ecapa_tdnn_glob_c512")
-    plain = build("ecapa", src).card.fingerprint
+    plain = ecapa("ecapa_tdnn_glob_c512").built.card.fingerprint
     head = rewrite_checkpoint(src, tmp_path / "head.pt", lambda s: {**s, "projection.weight": torch.ones(5994, 192)})
     wrapped = rewrite_checkpoint(src, tmp_path / "wrapped.pt", lambda s: {"state_dict": s})
     assert build("ecapa", head).card.fingerprint == plain

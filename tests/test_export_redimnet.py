@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from parity import assert_parity, cosine
-from test_export_ecapa import (Exported, check_batched, check_salted, export_reference, one_line_error,
-                               rewrite_checkpoint)
+from parity import (Exported, assert_parity, check_batched, check_reference_parity, check_salted, cosine,
+                    one_line_error, rewrite_checkpoint)
 from voxfloat.export import redimnet, redimnet_config
 from voxfloat.export.core import ExportError, build
 from voxfloat.runtime.card import ModelCard
 
+pytestmark = pytest.mark.parity
 NAME = "redimnet_b2"
 FB_KEY, WINDOW_KEY, PREEMPH_KEY = ("spec.torchfbank.2.mel_scale.fb", "spec.torchfbank.2.spectrogram.window",
                                    "spec.torchfbank.1.flipped_filter")
@@ -27,12 +27,7 @@ DAMPED = ("conv_block.bn2.weight", "attention.q_proj.weight", "attention.q_proj.
 
 @pytest.fixture(scope="module")
 def b2(official_checkpoint, tmp_path_factory) -> Exported:
-    return export_reference(NAME, "redimnet", official_checkpoint, tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def b2_salted(official_checkpoint, tmp_path_factory) -> Exported:
-    return export_reference(NAME, "redimnet", official_checkpoint, tmp_path_factory, "heldout")
+    return Exported("redimnet", official_checkpoint(NAME), tmp_path_factory.mktemp("onnx") / f"{NAME}.onnx")
 
 
 def htk_mel_filterbank(n_mels: int, n_freqs: int = 257, sr: int = 16000, f_min: float = 20.0,
@@ -103,18 +98,16 @@ def test_front_end_matches_official_log_mel(b2, reference_dir, reference_inputs)
 
 
 def test_matches_official_embeddings(b2, reference_dir, reference_inputs):
-    ref = np.load(reference_dir / f"{NAME}.npz")
-    for utt, wav in reference_inputs.items():
-        assert_parity(b2.torch(wav[None])[0], ref[f"{utt}/embedding"], f"{utt} PyTorch")
-        assert_parity(b2.onnx(wav[None])[0], ref[f"{utt}/embedding"], f"{utt} ONNX")
+    check_reference_parity(b2, NAME, reference_dir, reference_inputs, fbank_in=False)
 
 
 def test_batched_equals_single(b2, reference_inputs):
     check_batched(b2, reference_inputs)
 
 
-def test_heldout_weights_torch_and_onnx_agree(b2_salted, reference_dir, reference_inputs):
-    check_salted(b2_salted, NAME, reference_dir, reference_inputs)
+def test_heldout_weights_torch_and_onnx_agree(official_checkpoint, reference_dir, reference_inputs, tmp_path):
+    salted = Exported("redimnet", official_checkpoint(NAME, salt="heldout"), tmp_path / "salted.onnx")
+    check_salted(salted, NAME, reference_dir, reference_inputs)
 
 
 @pytest.mark.parametrize("variant", ["b0", "b1", "b3"])
@@ -169,15 +162,16 @@ def test_missing_key_and_wrong_size(official_checkpoint, tmp_path):
                    "shape backbone.stem.0.weight (16, 1, 3, 3) != (12, 1, 3, 3)")
 
 
-def test_classifier_head_is_accepted_and_left_out(official_checkpoint, tmp_path):
+def test_classifier_head_is_accepted_and_left_out(b2, official_checkpoint, reference_inputs, tmp_path):
     """Checkpoints trained with num_classes carry cls_head.*: it loads, and the embedding stays the one exported."""
-    src = official_checkpoint(NAME)
-    plain = build("redimnet", src)
-    head = rewrite_checkpoint(src, tmp_path / "head.pt", lambda ck: {
+    head = rewrite_checkpoint(official_checkpoint(NAME), tmp_path / "head.pt", lambda ck: {
         "model_config": {**ck["model_config"], "num_classes": 7},
         "state_dict": {**ck["state_dict"], "cls_head.2.weight": torch.ones(7, 192), "cls_head.2.bias": torch.zeros(7)}})
     built = build("redimnet", head)
-    assert built.card.fingerprint == plain.card.fingerprint and built.card.embedding_dim == 192
+    assert built.card.fingerprint == b2.built.card.fingerprint
+    wav = reference_inputs["utt_2p00s"][None]
+    with torch.no_grad():
+        np.testing.assert_array_equal(built.encoder(torch.from_numpy(wav)).numpy(), b2.torch(wav))
 
 
 def test_not_a_checkpoint(tmp_path):

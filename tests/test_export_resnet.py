@@ -1,4 +1,4 @@
-"""WeSpeaker ResNet34 export: matches the official embeddings in PyTorch and ONNX (helpers from the ECAPA tests)."""
+"""WeSpeaker ResNet34 export: matches the official embeddings in PyTorch and ONNX."""
 from __future__ import annotations
 
 import json
@@ -6,16 +6,17 @@ import json
 import pytest
 import torch
 
-from test_export_ecapa import (check_batched, check_reference_parity, check_salted, export_reference,
-                               one_line_error, rewrite_checkpoint)
+from parity import (Exported, check_batched, check_reference_parity, check_salted, one_line_error,
+                    rewrite_checkpoint)
 from voxfloat.runtime.card import ModelCard
 
+pytestmark = pytest.mark.parity
 NAME = "resnet34_wespeaker"
 
 
 @pytest.fixture(scope="module")
-def resnet(official_checkpoint, tmp_path_factory):
-    return export_reference(NAME, "resnet34", official_checkpoint, tmp_path_factory)
+def resnet(official_checkpoint, tmp_path_factory) -> Exported:
+    return Exported("resnet34", official_checkpoint(NAME), tmp_path_factory.mktemp("onnx") / f"{NAME}.onnx")
 
 
 def test_card(resnet, reference_dir):
@@ -35,8 +36,8 @@ def test_batched_equals_single(resnet, reference_inputs):
     check_batched(resnet, reference_inputs)
 
 
-def test_heldout_weights_torch_and_onnx_agree(official_checkpoint, tmp_path_factory, reference_dir, reference_inputs):
-    salted = export_reference(NAME, "resnet34", official_checkpoint, tmp_path_factory, salt="heldout")
+def test_heldout_weights_torch_and_onnx_agree(official_checkpoint, reference_dir, reference_inputs, tmp_path):
+    salted = Exported("resnet34", official_checkpoint(NAME, salt="heldout"), tmp_path / "salted.onnx")
     check_salted(salted, NAME, reference_dir, reference_inputs)
 
 

@@ -9,34 +9,31 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import sherpa_onnx
 import torch
 
-from voxfloat.export.core import Built, ExportError, build
+from parity import CAMPPLUS, cosine, ort_session
+from voxfloat.export.core import Built, ExportError
 from voxfloat.export.sherpa import INPUT_NAME, OUTPUT_NAME, export_sherpa
 from voxfloat.runtime.card import ModelCard
-from parity import cosine
 
-ARCHS = {"campplus": "campplus_3dspeaker", "campplus-wespeaker": "campplus_wespeaker"}
+pytestmark = pytest.mark.parity
 SHERPA_MIN_COSINE = {"utt_2p00s": 0.94, "utt_3p37s": 0.96, "utt_6p00s": 0.97, "utt_10p00s": 0.98}
 
 
-@pytest.fixture(scope="module", params=sorted(ARCHS))
-def sherpa_model(request, official_checkpoint, tmp_path_factory):
-    torch.set_num_threads(1)
-    arch = request.param
-    built = build(arch, official_checkpoint(ARCHS[arch]))
+@pytest.fixture(scope="module")
+def sherpa_model(campplus, tmp_path_factory):
+    """(arch, path, metadata) of the `--sherpa` export of each CAM++ layout's reference model."""
+    arch, model = campplus
     out = tmp_path_factory.mktemp("sherpa") / f"{arch}.onnx"
-    meta = export_sherpa(built, out)
-    return arch, out, meta
+    return arch, out, export_sherpa(model.built, out)
 
 
 def test_sherpa_graph_is_exact_on_upstream_features(sherpa_model, reference_dir):
     arch, path, meta = sherpa_model
-    z = np.load(reference_dir / f"{ARCHS[arch]}.npz")
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    z = np.load(reference_dir / f"{CAMPPLUS[arch]}.npz")
+    sess = ort_session(path)
     for utt in ("utt_2p00s", "utt_3p37s", "utt_6p00s", "utt_10p00s"):
         ref = z[f"{utt}/embedding"]
         got = sess.run([OUTPUT_NAME], {INPUT_NAME: z[f"{utt}/features"][None]})[0][0]
@@ -59,7 +56,7 @@ def test_sherpa_metadata(sherpa_model):
 
 def test_sherpa_onnx_extractor_close_to_upstream(sherpa_model, reference_dir, reference_inputs):
     arch, path, _ = sherpa_model
-    z = np.load(reference_dir / f"{ARCHS[arch]}.npz")
+    z = np.load(reference_dir / f"{CAMPPLUS[arch]}.npz")
     extractor = sherpa_onnx.SpeakerEmbeddingExtractor(
         sherpa_onnx.SpeakerEmbeddingExtractorConfig(model=str(path), num_threads=1))
     assert extractor.dim == 512
