@@ -76,9 +76,10 @@ install() {  # into $WORK/venv; reused while its stamp is newer than pyproject.t
     python3 -m venv "$venv" || { echo "install: python3 -m venv failed (apt-get install python3-venv)"; return 1; }
     torch_pin=$(grep -o 'torch==[0-9.]*' "$ROOT/pyproject.toml" | head -1)
     resemblyzer_pin=$(grep -o 'resemblyzer==[0-9.]*' "$ROOT/Makefile" | head -1)
-    # CPU torch (about 200 MB instead of several GB of CUDA wheels): torch only exports the models
-    "$venv/bin/pip" install -q "$torch_pin" --index-url https://download.pytorch.org/whl/cpu \
-        || echo "install: the PyTorch CPU index failed; torch comes from PyPI"
+    # CPU torch (about 200 MB instead of several GB of CUDA wheels): torch only exports the models; its
+    # dependencies come from PyPI with the project below
+    "$venv/bin/pip" install -q --no-deps --retries 1 --timeout 20 --index-url https://download.pytorch.org/whl/cpu \
+        "$torch_pin" || echo "install: the PyTorch CPU index failed; torch comes from PyPI"
     "$venv/bin/pip" install -q -e "$ROOT[$extras]" || return 1
     "$venv/bin/pip" install -q --no-deps "$resemblyzer_pin" || return 1  # GE2E weights, as in the Makefile
     touch "$venv/.stamp-$extras"
@@ -107,6 +108,10 @@ else
     export WORK ROOT GPU
     step install 240 bash -c install
     PY=$WORK/venv/bin/python
+    if ((FAILED)); then
+        say "gpu_check: FAILED (the install did not finish, so nothing could run)"
+        exit 1
+    fi
 fi
 
 run() {  # run NAME CAP: one step of bench/gpu_check.py
