@@ -148,7 +148,7 @@ class Service:
         still sending, gets the 413 rather than a reset connection.
         """
         declared = request.headers.get("content-length")
-        if declared is not None and not declared.isdigit():
+        if declared is not None and not (declared.isascii() and declared.isdigit()):
             raise ApiError(400, f"bad Content-Length header {declared[:40]!r}")
         too_large = declared is not None and int(declared) > self.max_body
         chunks, size = [], 0
@@ -157,6 +157,8 @@ class Service:
             too_large = too_large or size > self.max_body
             if not too_large:
                 chunks.append(chunk)
+            elif chunks:
+                chunks.clear()  # nothing of it is needed any more
             elif size > DRAIN_FACTOR * self.max_body:
                 break
         if too_large:
