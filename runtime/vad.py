@@ -179,20 +179,24 @@ def merge(spans: list[tuple[int, int]], gap: int) -> list[tuple[int, int]]:
 
 
 def speech_spans(wave: np.ndarray, probs: np.ndarray, hop: int, sample_rate: int,
-                 settings: VadSettings) -> list[tuple[int, int]]:
+                 settings: VadSettings, offset: int = 0) -> list[tuple[int, int]]:
     """[start, end) sample spans to keep: speech segments snapped to the envelope, padded, merged.
 
-    `probs` holds a speech probability per `hop` samples (any detector: the benchmark feeds others through
-    here). Spans may reach `pad` beyond the wave (speech cut off by the file's edge); trim fills that with
+    `probs` holds a speech probability per `hop` samples from sample `offset` on (any detector: the benchmark
+    feeds others through here). Spans may reach `pad` beyond the wave (speech cut off by the file's edge); trim fills that with
     zeros, so a file that starts mid-word gives what the same file with silence in front gives.
     """
     segments = hysteresis(probs, hop / sample_rate, settings)
     if not segments:
         return []
-    env, floor = loudness(wave, sample_rate, settings)
+    # the envelope runs half its width past the file's edges (zeros there), as it would into added silence
+    edge = round(ENVELOPE_SECONDS * sample_rate) // 2 + 1
+    env, floor = loudness(np.concatenate([np.zeros(edge, np.float32), wave, np.zeros(edge, np.float32)]),
+                          sample_rate, settings)
     pad, reach = round(settings.pad * sample_rate), round(settings.reach * sample_rate)
-    snapped = [snap(a * hop, min(b * hop, len(wave)), env, floor, reach) for a, b in segments]
-    return merge([(a - pad, b + pad) for a, b in snapped], round(settings.max_gap * sample_rate))
+    snapped = [snap(offset + a * hop + edge, min(offset + b * hop, len(wave)) + edge, env, floor, reach)
+               for a, b in segments]
+    return merge([(a - edge - pad, b - edge + pad) for a, b in snapped], round(settings.max_gap * sample_rate))
 
 
 class SpeechTrimmer:
@@ -216,10 +220,9 @@ class SpeechTrimmer:
     def probabilities(self, wave: np.ndarray) -> np.ndarray:
         """Speech probability of every hop (window / phases samples): the mean over `phases` window grids.
 
-        Silero decides per 32 ms window, and where that grid falls on the speech changes its answer
-        (one recorded letter: 0.24 to 0.92 by grid offset), so a few silent samples in front could
-        change what is kept. Streams offset by hop samples run side by side (one batched run per
-        window) and each hop takes the mean of the windows that cover it.
+        Silero decides per 32 ms window, and where that grid falls on a weak sound changes its answer.
+        Streams offset by hop samples run side by side (one batched run per window) and each hop takes
+        the mean of the windows that cover it.
         """
         w, c, phases = self.window, self.context, self.settings.phases
         hop = w // phases
@@ -239,9 +242,19 @@ class SpeechTrimmer:
         return np.mean([probs[k, (j + k) // phases] for k in range(phases)], axis=0, dtype=np.float32)
 
     def spans(self, wave: np.ndarray) -> list[tuple[int, int]]:
-        """[start, end) sample spans of `wave` to keep (see speech_spans), detected on the gated wave."""
-        probs = self.probabilities(gate(wave, self.sample_rate, self.settings))
-        return speech_spans(wave, probs, self.window // self.settings.phases, self.sample_rate, self.settings)
+        """[start, end) sample spans of `wave` to keep (see speech_spans), detected on the gated wave.
+
+        The detector's windows start at the first sample above the floor, so silence or quiet noise in front
+        cannot shift its grid against the speech: where the grid falls changes Silero's answer on weak sounds
+        (one recorded letter: 0.24 to 0.92 by offset). The `phases` grids then smooth what remains.
+        """
+        gated = gate(wave, self.sample_rate, self.settings)
+        loud = np.flatnonzero(gated)
+        if not loud.size:
+            return []
+        probs = self.probabilities(gated[loud[0]:])
+        return speech_spans(wave, probs, self.window // self.settings.phases, self.sample_rate, self.settings,
+                            int(loud[0]))
 
     def trim(self, wave: np.ndarray, name: str, min_seconds: float = 0.0, max_seconds: float = math.inf) -> np.ndarray:
         """The speech of `wave`, spans joined end to end, its first `max_seconds` at most.

@@ -3,7 +3,9 @@
 Speakers: the five Asterisk prompt voices (asterisk-core-sounds-{en,fr,it,ru}-wav: professional
 speakers, 8 kHz telephone prompts; Allison's Spanish set is left out, she is the English voice) and the KLettres letter and syllable recordings
 (klettres-data, one speaker per language, with the pauses of the original takes). An utterance is
-consecutive files of one speaker joined until it lasts `seconds`.
+consecutive files of one speaker joined until it lasts `seconds`. KLettres' Malayalam set is left out: its
+letters are recorded loud and clipped, Silero VAD rates them near 0.5, and some utterances are refused as too
+little speech rather than embedded (README, Speech trimming).
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ ASTERISK = Path("/usr/share/asterisk/sounds")
 KLETTRES = Path("/usr/share/klettres")
 ASTERISK_VOICES = {"en_US_f_Allison": "en", "fr_CA_f_June": "fr", "it_IT_f_Menardi": "it", "it_IT_m_Carlo": "it",
                    "ru_RU_f_IvrvoiceRU": "ru"}  # voice folder: package language
-KLETTRES_LANGS = ("ar", "cs", "da", "de", "en", "en_GB", "es", "fr", "he", "hu", "it", "lt", "ml", "nds",
+KLETTRES_LANGS = ("ar", "cs", "da", "de", "en", "en_GB", "es", "fr", "he", "hu", "it", "lt", "nb", "nds",
                   "nl", "pt_BR", "ru", "tn", "uk")
 NOISE_DBFS = -70.0  # quiet room noise: a door intercom or a microphone opened early
 
@@ -38,12 +40,12 @@ def speaker_files() -> dict[str, list[Path]]:
 
 
 def utterances(files: list[Path], count: int, seconds: float) -> list[np.ndarray]:
-    """`count` 16 kHz utterances of at least `seconds`, each joined from consecutive files."""
+    """`count` 16 kHz utterances of at least `seconds` and 3 files (a letter each, in KLettres), joined in order."""
     out: list[np.ndarray] = []
     parts: list[np.ndarray] = []
     for f in files:
         parts.append(load_audio(f, min_seconds=0.0))
-        if sum(map(len, parts)) >= seconds * 16000:
+        if sum(map(len, parts)) >= seconds * 16000 and len(parts) >= 3:
             out.append(np.concatenate(parts))
             parts = []
             if len(out) == count:
@@ -51,7 +53,7 @@ def utterances(files: list[Path], count: int, seconds: float) -> list[np.ndarray
     raise ValueError(f"{files[0].parent}: only {len(out)} utterances of {seconds} s, {count} wanted")
 
 
-def corpus(count: int = 8, seconds: float = 3.0, speakers: int | None = None) -> dict[str, list[np.ndarray]]:
+def corpus(count: int = 8, seconds: float = 2.5, speakers: int | None = None) -> dict[str, list[np.ndarray]]:
     """`count` utterances for each of the first `speakers` speakers (all 24 by default)."""
     files = speaker_files()
     names = list(files)[:speakers]

@@ -41,36 +41,52 @@ def padded(wave: np.ndarray, i: int, rng: np.random.Generator) -> np.ndarray:
     return real_speech.pad(wave, before, after, "silence" if i % 2 else "noise", rng)
 
 
+def speech_or_none(encoder: SpeakerEncoder, wave: np.ndarray, name: str) -> np.ndarray | None:
+    try:
+        return encoder.speech(wave, name)
+    except AudioError as e:
+        assert "too little speech" in str(e) or "no speech found" in str(e), str(e)
+        return None
+
+
 @pytest.fixture(scope="module")
-def recorded(encoder: SpeakerEncoder) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """24 real speakers x 8 utterances: labels, embeddings of the utterances and of their padded copies."""
+def recorded(encoder: SpeakerEncoder) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str], list[str]]:
+    """24 real speakers x 8 utterances: labels and embeddings of the utterances and of their padded copies, the
+    utterances refused padded and unpadded (no or too little speech: KLettres letters Silero does not count as
+    speech), and any refused one way only."""
     rng = np.random.default_rng(15)
-    labels, plain, pads = [], [], []
+    labels, plain, pads, refused, one_way = [], [], [], [], []
     for s, (speaker, utterances) in enumerate(real_speech.corpus(count=8).items()):
         for u, wave in enumerate(utterances):
-            plain.append(encoder.speech(wave, f"{speaker}/{u}"))
-            pads.append(encoder.speech(padded(wave, 8 * s + u, rng), f"{speaker}/{u} padded"))
+            a = speech_or_none(encoder, wave, f"{speaker}/{u}")
+            b = speech_or_none(encoder, padded(wave, 8 * s + u, rng), f"{speaker}/{u} padded")
+            if a is None or b is None:
+                (refused if a is None and b is None else one_way).append(f"{speaker}/{u}")
+                continue
+            plain.append(a)
+            pads.append(b)
             labels.append(s)
-    return np.array(labels), encoder.embed_batch(plain), encoder.embed_batch(pads)
+    return np.array(labels), encoder.embed_batch(plain), encoder.embed_batch(pads), refused, one_way
 
 
 @pytest.mark.parity
 def test_padding_keeps_each_recorded_utterance(recorded) -> None:
-    labels, plain, pads = recorded
-    assert len(labels) == 192 and len(set(labels)) == 24
+    labels, plain, pads, refused, one_way = recorded
+    assert not one_way, one_way
+    assert len(refused) <= 4 and len(labels) + len(refused) == 192 and len(set(labels)) == 24, refused
     c = cosine(plain, pads)
     assert c.min() >= MIN_COSINE, (c.min(), np.argsort(c)[:5])
 
 
 @pytest.mark.parity
-def test_padding_keeps_the_eer(recorded, encoder: SpeakerEncoder) -> None:
+def test_padding_keeps_the_eer(recorded) -> None:
     """All pairs: enrollment side unpadded, test side padded, against both sides unpadded."""
-    labels, plain, pads = recorded
+    labels, plain, pads, _, _ = recorded
     i, j = np.triu_indices(len(labels), 1)
     target = labels[i] == labels[j]
     base = eer(det_curve(cosine(plain[i], plain[j]), target))[0]
     moved = eer(det_curve(cosine(plain[i], pads[j]), target))[0]
-    assert int(target.sum()) == 672
+    assert int(target.sum()) >= 640
     assert abs(moved - base) <= EER_RELATIVE * base, (base, moved)
 
 
