@@ -228,15 +228,16 @@ class SpeechTrimmer:
         hop = w // phases
         cells = -(-len(wave) // hop)
         windows = -(-(len(wave) + (phases - 1) * hop) // w)
-        x = np.zeros((phases, c + windows * w), np.float32)
-        for k in range(phases):  # stream k starts k hops early: k * hop zeros in front
-            x[k, c + k * hop:c + k * hop + len(wave)] = wave
+        lead = c + (phases - 1) * hop  # stream k starts k hops early: its window i begins at (phases-1-k) hops
+        x = np.zeros(lead + windows * w, np.float32)  # one copy of the wave, however many streams
+        x[lead:lead + len(wave)] = wave
+        starts = (phases - 1 - np.arange(phases)) * hop
         state = np.repeat(self._rested, phases, axis=1)
         rate = np.array(self.sample_rate, np.int64)
         probs = np.empty((phases, windows), np.float32)
         for i in range(windows):
-            prob, state = self.session.run(None, {"input": np.ascontiguousarray(x[:, i * w:(i + 1) * w + c]),
-                                                  "state": state, "sr": rate})
+            batch = np.stack([x[i * w + a:i * w + a + w + c] for a in starts])
+            prob, state = self.session.run(None, {"input": batch, "state": state, "sr": rate})
             probs[:, i] = prob[:, 0]
         j = np.arange(cells)
         return np.mean([probs[k, (j + k) // phases] for k in range(phases)], axis=0, dtype=np.float32)
