@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from pathlib import Path
 from typing import BinaryIO
 
@@ -80,7 +81,7 @@ def _decode(source: Path | bytes, name: str, max_seconds: float) -> tuple[np.nda
         with open_regular(source, AudioError, "file") as f:
             return _read_soundfile(f, name, max_seconds)
     except (OSError, RuntimeError, TypeError, ValueError, EOFError) as e:  # LibsndfileError is a RuntimeError
-        first = _first_line(e)
+        first = re.sub(r"<_io\.[^>]*>", "the data", _first_line(e))  # libsndfile names the stream object
     if isinstance(source, bytes):
         raise AudioError(f"{name}: unreadable audio (soundfile: {first})")
     return _read_audioread(source, name, max_seconds, first)
