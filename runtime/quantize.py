@@ -266,7 +266,13 @@ def weight_only(proto: onnx.ModelProto, nodes: Sequence[onnx.NodeProto], kind: s
                 continue
             channel, axis = weight_axes(node, index)
             w = numpy_helper.to_array(inits[name]).astype(np.float32)
-            decode += ENCODERS[kind](name, w, channel, axis)
+            if node.op_type == "Conv" and w.ndim > 2:  # reduce over input channels and kernel together: a
+                # depthwise kernel (O, 1, k) has one input channel, which would fill a block of 32 with padding
+                decode += ENCODERS[kind](f"{name}_2d", w.reshape(w.shape[0], -1), 0, 1)
+                decode += [_const(f"{name}_shape", np.array(w.shape, np.int64)),
+                           helper.make_node("Reshape", [f"{name}_2d", f"{name}_shape"], [name])]
+            else:
+                decode += ENCODERS[kind](name, w, channel, axis)
             proto.graph.initializer.remove(inits[name])
             done.add(name)
     nodes_now = list(proto.graph.node)
