@@ -38,13 +38,13 @@ PACKAGE_HINT = "pip install --no-deps resemblyzer==0.1.4"
 
 # Cosine threshold of the default weights on real recorded speech with the enrollment README.md recommends (3
 # utterances of >= 3 s a speaker), speech trimming on: bench/default_threshold.py pools 20 random enrollments of
-# 24 real voices (Debian's Asterisk prompts and KLettres recordings; 1840 genuine / 42320 impostor held-out trials)
-# and takes voxfloat.selfcal's operating point (impostor z = 1.5 x genuine z): 94.6% genuine and 2.0% impostors
-# accepted. The former 0.855 (EER of single utterances on the synthetic MBROLA corpus) accepted 60.2% there.
+# 23 real voices (Debian's Asterisk prompts and KLettres recordings; 1840 genuine / 40480 impostor held-out trials)
+# and takes voxfloat.selfcal's operating point (impostor z = 1.5 x genuine z): 94.5% genuine and 2.2% impostors
+# accepted. The former 0.855 (EER of single utterances on the synthetic MBROLA corpus) accepted 61.0% there.
 DEFAULT_FINGERPRINT = "606b2df4965ed67406530333e3cc80d68ab833a8b9c23670b0c08de737fe5a49"
-DEFAULT_THRESHOLD = 0.760
-DEFAULT_THRESHOLD_SOURCE = ("real speech, 3-utterance enrollments of 24 Debian voices (bench/default_threshold.py): "
-                            "accepts 94.6% genuine, 2.0% impostors; stores self-calibrate at enrollment")
+DEFAULT_THRESHOLD = 0.762
+DEFAULT_THRESHOLD_SOURCE = ("real speech, 3-utterance enrollments of 23 Debian voices (bench/default_threshold.py): "
+                            "accepts 94.5% genuine, 2.2% impostors; stores self-calibrate at enrollment")
 
 
 def normalize_volume(waveform: torch.Tensor) -> torch.Tensor:
