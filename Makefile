@@ -43,6 +43,7 @@ bench: $(STAMP)
 	$(VENV)/bin/python bench/store_bench.py
 	$(VENV)/bin/python bench/runtime_bench.py
 	$(VENV)/bin/python bench/export_bench.py
+	$(VENV)/bin/python bench/quant_bench.py
 	$(VENV)/bin/python bench/vad_bench.py
 	$(VENV)/bin/python bench/eval_bench.py
 	$(VENV)/bin/python bench/quant_bench.py
