@@ -28,6 +28,7 @@ from voxfloat.errors import UsageError
 from voxfloat.runtime.audio import AudioError, load_audio
 from voxfloat.runtime.card import INPUT_NAME, PREFIX, ModelCard, ModelError
 from voxfloat.runtime.fingerprint import graph_fingerprint
+from voxfloat.runtime.limits import AUDIO_SUFFIXES
 
 WEIGHTS = ("int8", "int4", "e4m3", "mxfp4")
 MAX_CALIBRATION_FILES = 64    # spread over the folder: enough for activation ranges and a stable parity mean
@@ -71,8 +72,6 @@ def check_recorded_fingerprint(path: str | os.PathLike, card: ModelCard) -> None
 
 def calibration_files(folder: str | os.PathLike, limit: int = MAX_CALIBRATION_FILES) -> list[Path]:
     """Up to `limit` audio files under `folder`, evenly spread over its sorted listing."""
-    from voxfloat.api import AUDIO_SUFFIXES
-
     root = Path(folder)
     if not root.is_dir():
         raise ModelError(f"{root}: no such calibration audio folder")
@@ -102,6 +101,22 @@ def parity(reference: np.ndarray, child: str | os.PathLike, waves: Sequence[np.n
     got = SpeakerEncoder(child, device="cpu", threads=threads).embed_batch(waves)
     cos = np.sum(reference * got, 1) / np.maximum(np.linalg.norm(reference, axis=1) * np.linalg.norm(got, axis=1), 1e-30)
     return Parity(float(cos.mean()), float(cos.min()), len(waves))
+
+
+def measure_parity(parent: str | os.PathLike, child: str | os.PathLike, calibration: str | os.PathLike,
+                   threads: int = 0, max_files: int = MAX_CALIBRATION_FILES) -> tuple[ModelCard, ModelCard, Parity, list[str]]:
+    """Parent's and child's cards, the child's parity to its parent measured now on the calibration audio, and the
+    files that could not be read; ModelError unless `child` is a quantized child of `parent`."""
+    from voxfloat.runtime.encoder import SpeakerEncoder
+
+    mother = SpeakerEncoder(parent, device="cpu", threads=threads)
+    card = SpeakerEncoder(child, device="cpu", threads=threads).card  # also checks its graph against its record
+    if card.quantization.get("parent_fingerprint") != mother.card.fingerprint:
+        raise ModelError(f"{child}: not a quantized child of {parent} ({mother.card.fingerprint[:12]})")
+    waves, skipped = load_waves(calibration_files(calibration, max_files), mother.card)
+    if not waves:
+        raise ModelError(f"{calibration}: none of its audio files could be read")
+    return mother.card, card, parity(mother.embed_batch(waves), child, waves, threads), skipped
 
 
 # -- what to quantize --------------------------------------------------------------------------------------------

@@ -17,9 +17,8 @@ from voxfloat.store import kernels, vxf
 from voxfloat.store.codec import SCALE_MODES, Codec
 from voxfloat.store.errors import StoreError
 from voxfloat.store.formats import FORMATS
-from voxfloat.store.vxf import ENROLLMENT, check_speaker_id
+from voxfloat.store.vxf import CHILD_MIN_COSINE, ENROLLMENT, check_speaker_id
 
-CHILD_MIN_COSINE = 0.99  # a quantized child of the store's model is accepted at this recorded mean cosine to it
 CREATE_ARGS = {"fmt", "scale", "dim", "model", "thresholds", "preprocessing"}
 UNTRIMMED = {"vad": "off"}  # what a store without a preprocessing record was enrolled with
 
@@ -257,21 +256,41 @@ class VoiceprintStore:
     # -- checks --------------------------------------------------------------------------------------
 
     def check_model(self, fingerprint: str, quantization: dict | None = None) -> str:
-        """Refuse embeddings from any model but the one this store was built with, or a quantized child of it
-        (card.quantization) whose recorded parity is at least CHILD_MIN_COSINE; returns a line saying so for a child."""
+        """Refuse embeddings from any model but the one this store was built with, or a quantized child admitted to
+        it (`admit_child`: parity measured by whoever may write the store); returns a line saying so for a child.
+
+        A child's own record of its parity (card.quantization) is a claim anyone can write into a file, so it
+        only shapes the refusal message."""
         have = str(self.model["fingerprint"])
         if fingerprint == have:
             return ""
-        q = quantization or {}
-        mean = (q.get("parity") or {}).get("mean")
-        child = f"{q.get('weights')} child {fingerprint[:12]} of model {have[:12]}"
-        if q.get("parent_fingerprint") == have and isinstance(mean, (int, float)):
-            if mean >= CHILD_MIN_COSINE:
-                return f"{self.path}: accepting {child}: its recorded parity, mean cosine {mean:.4f}, is >= {CHILD_MIN_COSINE}"
-            raise StoreError(f"{self.path}: refusing {child}: its recorded parity, mean cosine {mean:.4f}, is below "
-                             f"{CHILD_MIN_COSINE}; enroll again with it or use the parent")
+        admitted = self.model.get("children", {}).get(fingerprint)
+        if admitted is not None:
+            return (f"{self.path}: accepting {admitted['weights']} child {fingerprint[:12]} of model {have[:12]}, "
+                    f"admitted at mean cosine {admitted['mean']:.4f} on {admitted['files']} files")
+        if (quantization or {}).get("parent_fingerprint") == have:
+            raise StoreError(f"{self.path}: quantized child {fingerprint[:12]} of this store's model is not admitted "
+                             "to it; measure its parity with `voxfloat admit` (it must reach "
+                             f"{CHILD_MIN_COSINE} mean cosine), or enroll again with it")
         raise StoreError(f"{self.path}: built with model {self.model['arch']} {have[:12]}, not "
                          f"{fingerprint[:12]}; enroll again with this model or use the matching one")
+
+    def admit_child(self, fingerprint: str, weights: str, mean: float, minimum: float, files: int) -> None:
+        """Accept a quantized child of this store's model from now on: its parity to the model, measured on `files`
+        audio files by the caller, must reach CHILD_MIN_COSINE mean cosine."""
+        self._need_writable()
+        if fingerprint == self.model["fingerprint"]:
+            raise StoreError(f"{self.path}: {fingerprint[:12]} is the store's own model, not a child of it")
+        if not (math.isfinite(mean) and mean >= CHILD_MIN_COSINE):
+            raise StoreError(f"{self.path}: refusing {weights} child {fingerprint[:12]}: its mean cosine to the store's "
+                             f"model is {mean:.4f}, below {CHILD_MIN_COSINE}; enroll again with it or use the parent")
+        record = {"weights": str(weights), "mean": float(mean), "min": float(minimum), "files": int(files),
+                  "admitted": _now()}
+        children = {**self.model.get("children", {}), fingerprint: record}
+        problem = vxf.HEADER_FIELDS["model"]({**self.model, "children": children})
+        if problem:
+            raise StoreError(f"{self.path}: cannot admit {fingerprint[:12]}: {problem}")
+        self._header["model"], self._dirty = {**self.model, "children": children}, True
 
     def check_preprocessing(self, preprocessing: dict) -> None:
         """Refuse audio prepared otherwise than the enrolled audio was (speech trimming: detector, version, settings)."""

@@ -86,12 +86,28 @@ def _iso_time(v: object) -> bool:
     return True
 
 
+CHILD_MIN_COSINE = 0.99  # a quantized child is admitted to its parent's store at this measured mean cosine
+CHILD_RECORD = {"weights", "mean", "min", "files", "admitted"}
+MAX_CHILDREN = 64
+
+
 def _check_model(v: object) -> str | None:
     if not isinstance(v, dict):
         return "must be an object"
     for key in ("fingerprint", "arch"):
         if not isinstance(v.get(key), str) or not v[key] or len(v[key]) > 256:
             return f"needs a non-empty string {key!r} (at most 256 characters)"
+    children = v.get("children", {})
+    if not isinstance(children, dict) or len(children) > MAX_CHILDREN:
+        return f"children must be an object of at most {MAX_CHILDREN} admitted models"
+    for fingerprint, record in children.items():
+        if len(fingerprint) != 64 or not all(c in "0123456789abcdef" for c in fingerprint):
+            return f"child {fingerprint[:70]!r} is not a sha256 graph fingerprint"
+        if not isinstance(record, dict) or set(record) != CHILD_RECORD or not isinstance(record["weights"], str) \
+                or not (_cosine(record["mean"]) and record["mean"] >= CHILD_MIN_COSINE and _cosine(record["min"])) \
+                or not (_whole(record["files"]) and record["files"] >= 1) or not _iso_time(record["admitted"]):
+            return (f"child {fingerprint[:12]} needs {', '.join(sorted(CHILD_RECORD))}, a mean cosine of at least "
+                    f"{CHILD_MIN_COSINE} and at least one file, got {record!r}")
     return None
 
 

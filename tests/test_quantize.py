@@ -15,6 +15,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
+from voxfloat.api import admit_child
 from voxfloat.evaluate import evaluate, read_trials
 from voxfloat.export.core import build, export_onnx
 from voxfloat.runtime.card import PREFIX
@@ -141,23 +142,32 @@ def test_ge2e_int8_keeps_cosine_and_eer(ge2e_models, ge2e_subset, corpus_dir):
         assert abs(eer["int8"] - eer["float32"]) <= slack, f"{name}: EER {eer}"
 
 
-def test_store_accepts_child_only_above_parity(ge2e_models, tmp_path):
+def test_store_accepts_only_children_admitted_with_measured_parity(ge2e_models, calibration, tmp_path):
+    """A child's own parity record is a claim anyone can write: the store accepts it only after `admit` measured it."""
     parent = SpeakerEncoder(ge2e_models["float32"], device="cpu").card
     path = tmp_path / "s.vxf"
     with VoiceprintStore.edit(path, fmt="e4m3", scale="vector", dim=parent.embedding_dim,
                               model={"fingerprint": parent.fingerprint, "arch": parent.arch}):
         pass
-    store = VoiceprintStore.open(path)
-    assert store.check_model(parent.fingerprint) == ""
+    assert VoiceprintStore.open(path).check_model(parent.fingerprint) == ""
     good = SpeakerEncoder(ge2e_models["int8"], device="cpu").card
-    assert good.quantization["parity"]["mean"] >= CHILD_MIN_COSINE
-    assert "accepting int8 child" in store.check_model(good.fingerprint, good.quantization)
     bad = SpeakerEncoder(ge2e_models["mxfp4"], device="cpu").card
-    assert bad.quantization["parity"]["mean"] < CHILD_MIN_COSINE
+    assert good.quantization["parity"]["mean"] >= CHILD_MIN_COSINE > bad.quantization["parity"]["mean"]
+    with pytest.raises(StoreError, match="not admitted"):  # recorded parity above the bar is not enough
+        VoiceprintStore.open(path).check_model(good.fingerprint, good.quantization)
+    before = path.read_bytes()
     with pytest.raises(StoreError, match="below 0.99"):
-        store.check_model(bad.fingerprint, bad.quantization)
-    with pytest.raises(StoreError, match="built with model"):  # no recorded parity: refused like any other model
-        store.check_model(bad.fingerprint, {**bad.quantization, "parity": None})
+        admit_child(path, ge2e_models["mxfp4"], calibration, parent=ge2e_models["float32"])
+    assert path.read_bytes() == before
+    with pytest.raises(ModelError, match="not a quantized child"):
+        admit_child(path, ge2e_models["float32"], calibration, parent=ge2e_models["int8"])
+    done = admit_child(path, ge2e_models["int8"], calibration, parent=ge2e_models["float32"])
+    assert done.mean >= CHILD_MIN_COSINE and done.files == 6 and done.fingerprint == good.fingerprint
+    store = VoiceprintStore.open(path)
+    assert "accepting int8 child" in store.check_model(good.fingerprint, good.quantization)
+    forged = {**bad.quantization, "parity": {"mean": 0.9999, "min": 0.999, "files": 6}}
+    with pytest.raises(StoreError, match="not admitted"):  # a forged record on the mxfp4 child changes nothing
+        store.check_model(bad.fingerprint, forged)
 
 
 def test_child_with_edited_graph_is_refused(ge2e_models, tmp_path):

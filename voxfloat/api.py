@@ -26,7 +26,7 @@ import numpy as np
 
 from voxfloat.errors import ListError, UsageError, VoxfloatError
 from voxfloat.files import output_target, read_regular
-from voxfloat.runtime.limits import DEFAULT_MAX_SECONDS
+from voxfloat.runtime.limits import AUDIO_SUFFIXES, DEFAULT_MAX_SECONDS
 from voxfloat.selfcal import SelfCalibration, calibrate_enrollment
 
 if TYPE_CHECKING:
@@ -35,16 +35,15 @@ if TYPE_CHECKING:
     from voxfloat.runtime.encoder import SpeakerEncoder
     from voxfloat.store import VoiceprintStore
 
-__all__ = ["AudioLike", "Batch", "Calibration", "DEFAULT_MAX_SECONDS", "Decision", "EnrollReport",
+__all__ = ["Admission", "AudioLike", "Batch", "Calibration", "DEFAULT_MAX_SECONDS", "Decision", "EnrollReport",
            "Identification", "ListError", "UsageError", "Verifier", "VoxfloatError", "check_threshold",
-           "embed_audio", "embed_trials", "enroll_shards", "open_encoder", "read_enrollment_list", "shard_path"]
+           "admit_child", "embed_audio", "embed_trials", "enroll_shards", "open_encoder", "read_enrollment_list", "shard_path"]
 
 AudioLike = Union[str, os.PathLike, bytes, np.ndarray]
 T = TypeVar("T")
 DEVICES = ("auto", "cpu", "cuda")
 CALLER = "given by the caller"
 CLOSED_SET = "none: closed set, the best candidate is the answer"
-AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".m4a", ".opus", ".aiff", ".aif", ".au", ".webm", ".sph"}
 MAX_LIST_BYTES = 64 << 20  # an enrollment CSV larger than this is not a list of files
 
 
@@ -590,6 +589,50 @@ def enroll_shards(out: str | os.PathLike, pairs: Sequence[tuple[str, AudioLike]]
         reports.append(verifier.enroll_many(groups[k], replace=replace))
         encoder = verifier.encoder
     return reports
+
+
+@dataclass(frozen=True)
+class Admission:
+    """A quantized child admitted to a store: its graph fingerprint, precision and the parity measured for it."""
+
+    store: str
+    child: str
+    fingerprint: str
+    weights: str
+    mean: float
+    min: float
+    files: int
+    bad_files: list[str]
+
+    def as_dict(self) -> dict:
+        """JSON-ready form (what `voxfloat admit --json` prints)."""
+        return dict(self.__dict__)
+
+
+def admit_child(store: str | os.PathLike, child: str | os.PathLike, calibration: str | os.PathLike, *,
+                parent: str | os.PathLike | None = None, threads: int = 0) -> Admission:
+    """Measure a quantized child's parity to the store's model (`parent`, default the shipped one) on the calibration
+    audio and, at CHILD_MIN_COSINE mean cosine or more, record it in the store, which accepts the child from then on.
+
+    The store trusts only parity measured here, by whoever may write it, never the figure a model file claims."""
+    from voxfloat.runtime.quantize import measure_parity
+    from voxfloat.store import StoreError, VoiceprintStore
+
+    if parent is None:
+        from voxfloat.runtime.default_model import default_model_path
+
+        parent = default_model_path()
+    have = VoiceprintStore.open(store).model["fingerprint"]  # refuse a bad store before measuring anything
+    mother, card, measured, skipped = measure_parity(parent, child, calibration, threads)
+    if mother.fingerprint != have:
+        raise StoreError(f"{store}: built with model {have[:12]}, not with {parent} ({mother.fingerprint[:12]})")
+    weights = str(card.quantization.get("weights"))
+    with VoiceprintStore.edit(store) as edited:
+        if edited.model["fingerprint"] != have:
+            raise StoreError(f"{store}: replaced by a store of another model while the parity was measured")
+        edited.admit_child(card.fingerprint, weights, measured.mean, measured.min, measured.files)
+    return Admission(str(store), str(child), card.fingerprint, weights, measured.mean, measured.min, measured.files,
+                     skipped)
 
 
 def _single(batch: Batch[T]) -> T:

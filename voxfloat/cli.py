@@ -496,7 +496,8 @@ def quantize(
     calibration: Annotated[Optional[Path], typer.Option(readable=False, help="Folder of speech: calibrates int8 activations and measures the parity stores check (without it, stores refuse the result).")] = None,
     threads: ThreadsOpt = 0, json_out: JsonOpt = False,
 ) -> None:
-    """Write MODEL with quantized weights; a store built with MODEL accepts it at recorded parity >= 0.99 cosine."""
+    """Write MODEL with quantized weights and the parity it measured; stores built with MODEL accept it once
+    `voxfloat admit` has measured its parity (>= 0.99 mean cosine) for them."""
     from voxfloat.runtime.quantize import quantize as run
 
     with user_errors():
@@ -507,8 +508,27 @@ def quantize(
     typer.echo(json.dumps({"model": str(out), "bytes": out.stat().st_size, **q}) if json_out else
                f"wrote {out} ({weights}, {out.stat().st_size / 2**20:.1f} MB; parity to {model.name}: " +
                (f"mean cosine {parity['mean']:.4f}, min {parity['min']:.4f} on {parity['files']} files)" if parity
-                else "not measured: no --calibration audio, so stores will refuse it)"))
+                else "not measured: no --calibration audio)") + "; `voxfloat admit STORE CHILD` lets a store accept it")
     raise typer.Exit(BAD_INPUT if result.skipped else OK)
+
+
+@app.command()
+def admit(
+    store_path: Annotated[Path, typer.Argument(readable=False, help="Store (.vxf) built with the child's parent model.")],
+    child: Annotated[Path, typer.Argument(readable=False, help="Quantized model written by `voxfloat quantize`.")],
+    calibration: Annotated[Path, typer.Option(readable=False, help="Folder of speech the parity is measured on.")],
+    parent: Annotated[Optional[Path], typer.Option(readable=False, help="The store's model (default: the shipped GE2E model).")] = None,
+    threads: ThreadsOpt = 0, json_out: JsonOpt = False,
+) -> None:
+    """Let a store accept a quantized child of its model: parity is measured now and must reach 0.99 mean cosine."""
+    from voxfloat.api import admit_child
+
+    done = admit_child(store_path, child, calibration, parent=parent, threads=threads)
+    report_bad(done.bad_files)
+    typer.echo(json.dumps(done.as_dict()) if json_out else
+               f"admitted {done.weights} child {done.fingerprint[:12]} to {store_path}: mean cosine {done.mean:.4f}, "
+               f"min {done.min:.4f} on {done.files} files")
+    raise typer.Exit(BAD_INPUT if done.bad_files else OK)
 
 
 def main() -> None:
