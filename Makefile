@@ -43,8 +43,8 @@ bench: $(STAMP)
 	$(VENV)/bin/python bench/store_bench.py
 	$(VENV)/bin/python bench/runtime_bench.py
 	$(VENV)/bin/python bench/export_bench.py
-	$(VENV)/bin/python bench/quant_bench.py
 	$(VENV)/bin/python bench/vad_bench.py
 	$(VENV)/bin/python bench/eval_bench.py
 	$(VENV)/bin/python bench/quant_bench.py
+	$(VENV)/bin/python bench/ray_bench.py
 	$(VENV)/bin/python bench/serve_load.py --workers 1 2 --vad on off
