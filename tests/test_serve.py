@@ -18,7 +18,6 @@ import pytest
 import soundfile as sf
 
 from serving import CLI, start_server, stop
-from voxfloat.runtime.default_model import default_model_path
 from voxfloat.runtime.vad import RECORDING_PER_SPEECH
 from voxfloat.store import VoiceprintStore
 
@@ -52,15 +51,9 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def model() -> Path:
-    """The shipped GE2E model: the server uses it without --model, the CLI enrolls with it."""
-    return default_model_path()
-
-
-@pytest.fixture(scope="module")
-def speakers(corpus_dir: Path) -> list[Path]:
+def speakers(corpus_speakers: list[Path]) -> list[Path]:
     """Six corpus speakers: 0-2 enrolled at start, 3-5 used for enrollment races and a replaced store."""
-    return sorted(d for d in (corpus_dir / "clean").iterdir() if d.is_dir())[:6]
+    return corpus_speakers[:6]
 
 
 def utterances(speaker: Path) -> list[Path]:

@@ -11,7 +11,7 @@ import pytest
 import soundfile as sf
 
 import voxfloat
-from trust import enrolled, model, one_line_error, run, store, utterance, voices  # noqa: F401 (fixtures)
+from trust import enrolled, one_line_error, run, store, utterance, voices  # noqa: F401 (fixtures)
 from voxfloat.api import CALLER, CLOSED_SET, Verifier
 from voxfloat.errors import ListError, OutputError, UsageError, VoxfloatError
 from voxfloat.store import VoiceprintStore

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from trust import enrolled, model, run, store, utterance, voices  # noqa: F401 (fixtures)
+from trust import enrolled, run, store, utterance, voices  # noqa: F401 (fixtures)
 from voxfloat.runtime.audio import AudioError, load_audio
 from voxfloat.runtime.limits import DEFAULT_MAX_SECONDS
 

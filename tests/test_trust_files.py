@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trust import enrolled, model, one_line_error, run, run_process, store, utterance, voices  # noqa: F401
+from trust import enrolled, one_line_error, run, run_process, store, utterance, voices  # noqa: F401
 from voxfloat.errors import OutputError
 from voxfloat.files import write_private
 from voxfloat.store import VoiceprintStore

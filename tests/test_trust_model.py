@@ -9,7 +9,7 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 
-from trust import enrolled, model, one_line_error, run, store, utterance, voices  # noqa: F401 (fixtures)
+from trust import enrolled, one_line_error, run, store, utterance, voices  # noqa: F401 (fixtures)
 from voxfloat.runtime import read_card
 
 FATAL, BAD_INPUT = 4, 3

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import voxfloat.api
-from trust import enrolled, model, one_line_error, run, store, utterance, voices  # noqa: F401 (fixtures)
+from trust import enrolled, one_line_error, run, store, utterance, voices  # noqa: F401 (fixtures)
 from voxfloat import Verifier, VoxfloatError
 from voxfloat.store import VoiceprintStore, vxf
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from trust import enrolled, model, one_line_error, run, store, utterance, voices  # noqa: F401 (fixtures)
+from trust import enrolled, one_line_error, run, store, utterance, voices  # noqa: F401 (fixtures)
 from voxfloat.store import VoiceprintStore
 
 USAGE, BAD_INPUT, FATAL = 2, 3, 4

@@ -12,7 +12,6 @@ import pytest
 from typer.testing import CliRunner
 
 from voxfloat.cli import app
-from voxfloat.runtime.default_model import default_model_path
 
 SPEAKERS = 3
 runner = CliRunner()
@@ -42,15 +41,9 @@ def one_line_error(result, code: int) -> str:
 
 
 @pytest.fixture(scope="session")
-def model() -> Path:
-    """The shipped GE2E model (no torch needed)."""
-    return default_model_path()
-
-
-@pytest.fixture(scope="session")
-def voices(corpus_dir: Path) -> list[Path]:
+def voices(corpus_speakers: list[Path]) -> list[Path]:
     """The first SPEAKERS speaker folders of the clean corpus."""
-    return sorted(d for d in (corpus_dir / "clean").iterdir() if d.is_dir())[:SPEAKERS]
+    return corpus_speakers[:SPEAKERS]
 
 
 def utterance(speaker: Path, i: int) -> Path:
