@@ -190,7 +190,7 @@ def _scan_rows(typingctx, layout, packed, Qp, qhalf, chunks, nvb, ints, floats, 
 
 def _scan_loop(builder: ir.IRBuilder, layout: int, a: dict) -> None:
     """All rows times all queries in one layout, the decoder constants set up once."""
-    bits, use_lut = layout // 8, bool(layout & 4)
+    use_lut = bool(layout & 4)
     fp = a["floats"]
     iv = [builder.load(builder.gep(a["ints"], [ir.Constant(i64, k)])) for k in range(4)]
     p = {"mag": _splat(builder, iv[0]), "sh": _splat(builder, iv[1]), "exp": _splat(builder, iv[2]),

@@ -9,6 +9,7 @@ from pathlib import Path
 import librosa
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import soundfile as sf
 import torch
