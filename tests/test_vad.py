@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 import soundfile as sf
 from typer.testing import CliRunner
@@ -17,7 +18,7 @@ from parity import cosine
 from voxfloat.api import Verifier
 from voxfloat.cli import app
 from voxfloat.metrics import det_curve, eer
-from voxfloat.runtime import AudioError, SpeakerEncoder, load_audio
+from voxfloat.runtime import AudioError, SpeakerEncoder, load_audio, silero
 from voxfloat.runtime.default_model import default_model_path
 from voxfloat.runtime.vad import OFF, SpeechTrimmer, VadSettings
 from voxfloat.store import StoreError, VoiceprintStore
@@ -103,6 +104,42 @@ def test_padding_keeps_shared_corpus_utterances(kind: str, corpus_dir: Path, enc
         pads.append(encoder.speech(padded(wave, i, rng), f"{f} padded"))
     c = cosine(encoder.embed_batch(plain), encoder.embed_batch(pads))
     assert c.min() >= MIN_COSINE, (c.min(), [files[k].name for k in np.argsort(c)[:3]])
+
+
+def published_probabilities(x: np.ndarray, streams: int, hop: int, rate: int, state: np.ndarray) -> np.ndarray:
+    """The oracle: the published silero_vad.onnx run window by window, streams side by side, state carried."""
+    session = ort.InferenceSession(silero.model_bytes(), providers=["CPUExecutionProvider"])
+    w, c = 2 * silero.FILTER[rate], silero.FILTER[rate] // 4
+    steps = (len(x) - w - c) // hop // streams + 1
+    state = np.repeat(state, streams, axis=1)
+    out = np.empty((streams, steps), np.float32)
+    for i in range(steps):
+        batch = np.stack([x[(streams * i + streams - 1 - k) * hop:][:w + c] for k in range(streams)])
+        prob, state = session.run(None, {"input": batch, "state": state, "sr": np.array(rate, np.int64)})
+        out[:, i] = prob[:, 0]
+    return out
+
+
+@pytest.mark.parametrize("rate", [16000, 8000])
+def test_the_rearranged_detector_equals_the_published_model(rate: int) -> None:
+    """One run over a clip gives every window's probability of the published model, for any grid count and rate."""
+    speech = real_speech.corpus(count=1, speakers=1)["asterisk-en_US_f_Allison"][0]
+    wave = np.concatenate([speech, np.random.default_rng(3).normal(0, 0.05, RATE).astype(np.float32)])[::RATE // rate]
+    detector = silero.grid(rate)
+    state = np.random.default_rng(4).normal(0, 0.5, (2, 1, silero.HIDDEN)).astype(np.float32)
+    seen = []
+    for streams in (1, 2, 4, 8, 16):
+        hop = detector.window // streams
+        steps = (len(wave) - detector.window - detector.context) // hop // streams
+        x = wave[:(steps * streams - 1) * hop + detector.window + detector.context]
+        got, _ = detector.run(x, streams, hop, state)
+        want = published_probabilities(x, streams, hop, rate, state)
+        assert got.shape == want.shape == (streams, steps)
+        assert np.abs(got - want).max() < 1e-4, (streams, np.abs(got - want).max())
+        seen.append(want)
+    assert min(p.min() for p in seen) < 0.1 and max(p.max() for p in seen) > 0.9  # speech and noise both scored
+    with pytest.raises(ValueError, match="whole steps"):
+        detector.run(wave[:detector.window + detector.context + 1], 1, detector.window, state)
 
 
 def test_untrimmed_padding_does_move_the_embedding(encoder: SpeakerEncoder) -> None:
