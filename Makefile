@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 SYSTEM_STAMP := $(VENV)/.debian-stamp
 DEBIAN_PACKAGES := $(shell grep -v '^\s*\(#\|$$\)' debian-packages.txt)
 
-.PHONY: demo test bench default-model
+.PHONY: demo test bench default-model vad-model
 
 # debian-packages.txt is the one list of system packages (demo voices, test recordings, espeak-ng).
 $(SYSTEM_STAMP): debian-packages.txt
@@ -38,6 +38,10 @@ default-model: $(STAMP)
 	$(VENV)/bin/voxfloat export ge2e --format e4m3 --out runtime/models/ge2e.onnx
 	chmod 644 runtime/models/ge2e.onnx
 	$(VENV)/bin/python -c "from voxfloat.runtime.default_model import record_default_model as r; print(r())"
+
+# Rebuild the shipped speech detector (runtime/silero.py) from the published Silero VAD model and record its hashes.
+vad-model: $(STAMP)
+	$(VENV)/bin/python -m voxfloat.export.silero_vad
 
 bench: $(STAMP)
 	$(VENV)/bin/python bench/store_bench.py

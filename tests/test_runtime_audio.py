@@ -152,3 +152,41 @@ def test_non_finite(tmp_path: Path, bad: float):
     wave = tone(16000, 1.0)
     wave[5000] = bad
     expect_error(write(tmp_path / "bad.wav", wave, 16000, "WAV", "FLOAT"), "non-finite")
+
+
+class FakeBackend:
+    """Stands in for audioread's ffmpeg backend (not installed here): a 'file' of int16 PCM at 22.05 kHz stereo."""
+
+    seen: list[tuple[str, bytes, int]] = []
+
+    def __init__(self, path: str) -> None:
+        data = Path(path).read_bytes()
+        FakeBackend.seen.append((path, data, Path(path).stat().st_mode & 0o777))
+        if not data.startswith(b"FAKE"):
+            raise EOFError("not a fake file")
+        self.pcm = data[4:]
+        self.samplerate, self.channels = 22050, 2
+
+    def __enter__(self) -> "FakeBackend":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def __iter__(self):
+        yield from (self.pcm[i:i + 4096] for i in range(0, len(self.pcm), 4096))
+
+
+def test_bytes_soundfile_cannot_read_go_to_audioread_by_a_private_file(monkeypatch) -> None:
+    """Encoded bytes (a service's request body) reach the decoders the CLI uses for a file; nothing stays on disk."""
+    audioread = pytest.importorskip("audioread")  # the decode extra; dev installs it
+    monkeypatch.setattr(audioread, "audio_open", FakeBackend)
+    FakeBackend.seen.clear()
+    pcm = (stereo(tone(22050, 1.0)) * 32767).astype("<i2")
+    wave = load_audio(b"FAKE" + pcm.tobytes())
+    (path, data, mode), = FakeBackend.seen
+    assert data == b"FAKE" + pcm.tobytes() and mode == 0o600 and not Path(path).exists()
+    assert abs(wave.size - SR) <= 1 and abs(dominant_hz(wave) - F0) < 5
+    with pytest.raises(AudioError, match=r"<audio bytes>: unreadable audio \(soundfile: .*; audioread: EOFError: not a fake file\)"):
+        load_audio(b"JUNK" * 100)
+    assert len(FakeBackend.seen) == 2 and not Path(FakeBackend.seen[1][0]).exists()

@@ -18,7 +18,8 @@ from parity import cosine
 from voxfloat.api import Verifier
 from voxfloat.cli import app
 from voxfloat.metrics import det_curve, eer
-from voxfloat.runtime import AudioError, SpeakerEncoder, load_audio, silero
+from voxfloat.export import silero_vad
+from voxfloat.runtime import AudioError, ModelError, SpeakerEncoder, load_audio, silero
 from voxfloat.runtime.default_model import default_model_path
 from voxfloat.runtime.vad import OFF, SpeechTrimmer, VadSettings
 from voxfloat.store import StoreError, VoiceprintStore
@@ -108,7 +109,7 @@ def test_padding_keeps_shared_corpus_utterances(kind: str, corpus_dir: Path, enc
 
 def published_probabilities(x: np.ndarray, streams: int, hop: int, rate: int, state: np.ndarray) -> np.ndarray:
     """The oracle: the published silero_vad.onnx run window by window, streams side by side, state carried."""
-    session = ort.InferenceSession(silero.model_bytes(), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(silero_vad.published_model(), providers=["CPUExecutionProvider"])
     w, c = 2 * silero.FILTER[rate], silero.FILTER[rate] // 4
     steps = (len(x) - w - c) // hop // streams + 1
     state = np.repeat(state, streams, axis=1)
@@ -140,6 +141,26 @@ def test_the_rearranged_detector_equals_the_published_model(rate: int) -> None:
     assert min(p.min() for p in seen) < 0.1 and max(p.max() for p in seen) > 0.9  # speech and noise both scored
     with pytest.raises(ValueError, match="whole steps"):
         detector.run(wave[:detector.window + detector.context + 1], 1, detector.window, state)
+
+
+def test_the_shipped_detector_is_rebuilt_byte_for_byte_from_the_published_model() -> None:
+    for rate in silero.GRID_FILES:
+        assert silero_vad.build(rate) == silero.grid_path(rate).read_bytes(), rate
+
+
+def test_an_altered_or_missing_detector_file_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    shipped, models = silero.MODELS, tmp_path / "models"
+    models.mkdir()
+    monkeypatch.setattr(silero, "MODELS", models)
+    monkeypatch.setattr(silero, "RECORD", models / "silero_vad.json")
+    with pytest.raises(ModelError, match=r"silero_vad_16k\.onnx: the speech detector is missing from this install"):
+        silero.SileroGrid(16000)
+    (models / "silero_vad.json").write_bytes((shipped / "silero_vad.json").read_bytes())
+    data = bytearray((shipped / "silero_vad_16k.onnx").read_bytes())
+    data[len(data) // 2] ^= 1
+    (models / "silero_vad_16k.onnx").write_bytes(bytes(data))
+    with pytest.raises(ModelError, match=r"silero_vad_16k\.onnx: not the speech detector this voxfloat ships"):
+        silero.SileroGrid(16000)
 
 
 def test_untrimmed_padding_does_move_the_embedding(encoder: SpeakerEncoder) -> None:
