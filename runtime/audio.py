@@ -42,8 +42,8 @@ def _check_rate(name: str, rate: int) -> None:
 
 def _check_length(name: str, frames: int, rate: int, max_seconds: float) -> None:
     if frames > max_seconds * rate:
-        raise AudioError(f"{name}: too long: {frames / rate:.1f} s, over the {max_seconds:g} s limit "
-                         "(--max-seconds)")
+        raise AudioError(f"{name}: too long: {frames / rate:.1f} s, over the {max_seconds:g} s limit on a recording "
+                         "(--max-seconds of speech; a recording may last 4 times that with speech trimming)")
 
 
 def _frame_budget(name: str, rate: int, channels: int, max_seconds: float) -> int:

@@ -24,6 +24,7 @@ HIDDEN = 128                      # LSTM width: the recurrent state is (h, c), e
 MODELS = Path(__file__).with_name("models")
 GRID_FILES = {16000: "silero_vad_16k.onnx", 8000: "silero_vad_8k.onnx"}
 RECORD = MODELS / "silero_vad.json"  # each file's size and sha256
+MAX_WINDOWS = 1024                    # windows per onnxruntime run: about 4 s of 8 grids, 15 MB of buffers
 
 
 def grid_path(sample_rate: int) -> Path:
@@ -62,22 +63,30 @@ class SileroGrid:
 
         Window q (context included) is x[q*hop : q*hop + window + context]; stream k holds the windows
         q = streams*i + streams-1-k, so len(x) must be (T*streams - 1)*hop + window + context. `state` (2, 1, HIDDEN)
-        is where every stream starts. The graph's inputs: `grid`, the STFT frames on the grid all windows'
-        first three frames share; `tails`, each window's last frame; `rows`, the grid frames of each window.
+        is where every stream starts. Long inputs go in calls of at most MAX_WINDOWS windows, the state carried.
         """
         n = (len(x) - self.window - self.context) // hop + 1
-        steps = n // streams
-        if steps < 1 or n != steps * streams or (n - 1) * hop + self.window + self.context != len(x):
+        if n < streams or n % streams or (n - 1) * hop + self.window + self.context != len(x):
             raise ValueError(f"{len(x)} samples do not make whole steps of {streams} windows {hop} samples apart")
+        per_call = max(1, MAX_WINDOWS // streams) * streams
+        h, c = (np.repeat(part, streams, axis=1) for part in (state[0:1], state[1:2]))
+        out = []
+        for q0 in range(0, n, per_call):
+            q1 = min(n, q0 + per_call)
+            p, h, c = self._call(x[q0 * hop:(q1 - 1) * hop + self.window + self.context], q1 - q0, hop, h, c)
+            out.append(p[:, ::-1, 0])  # the graph's batch b is stream streams-1-b
+        return np.concatenate(out).T, np.concatenate([h, c])[:, ::-1]
+
+    def _call(self, x: np.ndarray, n: int, hop: int, h: np.ndarray, c: np.ndarray) -> list[np.ndarray]:
+        """One run over n windows: `grid`, the STFT frames on the grid all windows' first three frames share;
+        `tails`, each window's last frame; `rows`, the grid frames of each window."""
         stride = self.frame // 2
-        step = min(hop, stride)                    # the grid shared by every window's first three frames
+        step = min(hop, stride)
         q = np.arange(n)
         rows = np.stack([(q * hop + j * stride) // step for j in range(3)])
         frames = np.lib.stride_tricks.sliding_window_view(x, self.frame)[::step][:int(rows[2, -1]) + 1]
-        start = np.repeat(state, streams, axis=1)
-        p, h, c = self.session.run(None, {"grid": np.ascontiguousarray(frames), "tails": x[q[:, None] * hop + self._tail],
-                                          "rows": rows, "h0": start[0:1], "c0": start[1:2]})
-        return p[:, ::-1, 0].T, np.concatenate([h, c])[:, ::-1]
+        return self.session.run(None, {"grid": np.ascontiguousarray(frames), "tails": x[q[:, None] * hop + self._tail],
+                                       "rows": rows, "h0": h, "c0": c})
 
 
 @functools.cache

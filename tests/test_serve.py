@@ -166,7 +166,7 @@ def test_enroll_adds_utterances_replaces_and_delete_removes(server: Server, spea
     assert os.stat(server.store).st_mode & 0o777 == 0o600
 
 
-def bad_requests(speakers: list[Path]) -> list[tuple[str, str, dict, bytes | None, int, str]]:
+def bad_requests(speakers: list[Path]) -> list[tuple[str, str, dict | list | None, bytes, int, str]]:
     """(name, path, params, body, status, word the error names) for every kind of bad input."""
     ok = utterances(speakers[0])[4].read_bytes()
     speaker = {"speaker": speakers[0].name}
@@ -184,6 +184,10 @@ def bad_requests(speakers: list[Path]) -> list[tuple[str, str, dict, bytes | Non
         ("no speaker", "/verify", {}, ok, 400, "speaker"),
         ("bad top", "/identify", {"top": "x"}, ok, 400, "top"),
         ("zero top", "/identify", {"top": "0"}, ok, 400, "top"),
+        ("top with an underscore", "/identify", {"top": "1_0"}, ok, 400, "top"),
+        ("top in fullwidth digits", "/identify", {"top": "\uff11"}, ok, 400, "top"),
+        ("speaker twice", "/verify", [("speaker", speakers[0].name), ("speaker", "b")], ok, 400, "more than once"),
+        ("id not UTF-8", "/enroll?speaker=%ff%fe", None, ok, 400, "UTF-8"),
         ("bad replace", "/enroll", {**speaker, "replace": "maybe"}, ok, 400, "replace"),
         ("bad speaker id", "/enroll", {"speaker": " padded "}, ok, 400, "speaker id"),
         ("enroll silence", "/enroll", {"speaker": "quiet"}, wav_bytes(np.zeros(32000, np.float32)), 422, "silent"),
@@ -224,6 +228,14 @@ def test_a_body_that_does_not_arrive_gets_408_and_others_are_served(server: Serv
             reply += chunk
     assert reply.startswith(b"HTTP/1.1 408") and b"not received within" in reply
     assert time.monotonic() - start < BODY_TIMEOUT + 10
+
+
+def test_token_scheme_is_case_insensitive(server: Server) -> None:
+    for header in (f"bearer {TOKEN}", f"BEARER {TOKEN}", f"Bearer  {TOKEN}"):
+        with httpx.Client(base_url=server.url, headers={"Authorization": header}) as c:
+            assert c.get("/health").status_code == 200, header
+    with httpx.Client(base_url=server.url, headers={"Authorization": f"Basic {TOKEN}"}) as c:
+        assert c.get("/health").status_code == 401
 
 
 def test_routes_methods_and_token(server: Server) -> None:
@@ -313,6 +325,23 @@ def test_store_replaced_on_disk_is_served_without_restart(server: Server, model:
             os.replace(junk, server.store)
             for r in (c.get("/speakers"), c.post("/verify", params={"speaker": speakers[3].name}, content=body)):
                 assert r.status_code == 409 and str(server.store) in r.json()["error"]
+            # a store of the same model enrolled without speech trimming: every route refuses it, none writes it
+            untrimmed = tmp_path / "untrimmed.vxf"
+            done = voxfloat("enroll", tmp_path / "enroll", "--model", model, "--out", untrimmed, "--no-vad")
+            assert done.returncode == 0, done.stderr
+            os.replace(untrimmed, server.store)
+            kept = server.store.read_bytes()
+            for r in (c.get("/speakers"), c.get("/health"), c.delete(f"/speakers/{speakers[3].name}"),
+                      c.post("/verify", params={"speaker": "nobody"}, content=body),
+                      c.post("/enroll", params={"speaker": "new"}, content=body)):
+                assert r.status_code == 409 and "vad=off" in r.json()["error"], (r.request.url, r.text)
+            assert server.store.read_bytes() == kept
+            # a deleted store: 409 everywhere, and an enroll does not start a new one
+            os.remove(server.store)
+            for r in (c.get("/speakers"), c.post("/enroll", params={"speaker": "new"}, content=body),
+                      c.post("/enroll", params={"speaker": "new"}, content=wav_bytes(np.zeros(32000, np.float32)))):
+                assert r.status_code == 409 and "no such" in r.json()["error"], r.text
+            assert not server.store.exists()
         finally:
             restore = server.store.with_suffix(".restore")
             restore.write_bytes(before)
@@ -347,3 +376,86 @@ def test_bad_setup_stops_before_listening_with_one_line(server: Server, tmp_path
         done = voxfloat("serve", *args, timeout=120)
         assert done.returncode == code, (args, done.stderr)
         assert word in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def raw_request(port: int, head: str, body: bytes = b"") -> socket.socket:
+    """A connection that has sent `head` (and the start of a body) and waits."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=120)
+    sock.sendall(head.encode() + b"\r\n\r\n" + body)
+    return sock
+
+
+@pytest.mark.parity  # slow tier: its own server, with a long body timeout
+def test_stalled_and_oversized_uploads_do_not_hold_up_others(server: Server, speakers: list[Path],
+                                                             tmp_path: Path) -> None:
+    """Clients that stall mid-body (more of them than bodies a worker holds) do not delay a complete request; a
+    Content-Length over the limit is refused at once; a client that hangs up mid-body leaves one log line at most."""
+    log = tmp_path / "server.log"
+    process, url = start_server("--store", server.store, "--body-timeout", 60, "--max-body-mb", 1, log=log)
+    port = int(url.rsplit(":", 1)[1])
+    head = "POST /verify?speaker={} HTTP/1.1\r\nHost: t\r\nContent-Length: {}"
+    body = utterances(speakers[0])[5].read_bytes()
+    try:
+        stalled = [raw_request(port, head.format(speakers[0].name, 100_000), bytes(10)) for _ in range(12)]
+        with httpx.Client(base_url=url, timeout=120) as c:
+            r = c.post("/verify", params={"speaker": speakers[0].name}, content=body)
+            assert r.status_code == 200 and r.json()["accepted"]
+            for sock in stalled:  # still waiting for their bodies: nothing answered them yet
+                sock.setblocking(False)
+                with pytest.raises(BlockingIOError):
+                    sock.recv(1)
+            huge = raw_request(port, head.format("x", 10**12), bytes(100))
+            reply = b""
+            while b"}" not in reply and (chunk := huge.recv(65536)):
+                reply += chunk
+            assert reply.startswith(b"HTTP/1.1 413") and b"too large" in reply
+            gone = raw_request(port, head.format("x", 100_000), bytes(1000))
+            gone.close()
+            for sock in [*stalled, huge]:
+                sock.close()
+            assert c.get("/health").status_code == 200
+    finally:
+        stop(process)
+    text = log.read_text()
+    assert "Traceback" not in text and "Exception in ASGI application" not in text, text[-3000:]
+
+
+def worker_pids(parent: int) -> list[int]:
+    """uvicorn's worker processes under `parent` (the ones that import voxfloat.serve)."""
+    pids = []
+    for task in Path(f"/proc/{parent}/task").iterdir():
+        pids += [int(p) for p in (task / "children").read_text().split()]
+    return [p for p in pids if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()]
+
+
+@pytest.mark.parity  # slow tier: two workers, one killed and restarted
+def test_a_restarted_worker_serves_the_same_token_and_waits_out_a_bad_store(server: Server, model: Path,
+                                                                            speakers: list[Path], tmp_path: Path) -> None:
+    store, token = tmp_path / "s.vxf", tmp_path / "token"
+    store.write_bytes(server.store.read_bytes())
+    token.write_text("first-token\n")
+    process, url = start_server("--store", store, "--model", model, "--workers", 2, "--token-file", token,
+                                log=tmp_path / "workers.log")
+    try:
+        token.write_text("second-token\n")  # read once, at start: a restarted worker keeps the first
+        good = store.read_bytes()
+        store.write_bytes(b"not a store")
+        pids = worker_pids(process.pid)
+        assert len(pids) == 2, pids
+        os.kill(pids[0], 9)
+        deadline = time.monotonic() + 60  # uvicorn restarts the worker; it starts although the store is unusable now
+        while len(set(worker_pids(process.pid)) - {pids[0]}) < 2 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        time.sleep(5)  # the new worker loads the model
+        assert process.poll() is None
+        headers = {"Authorization": "Bearer first-token"}
+        with httpx.Client(base_url=url, headers=headers, timeout=60) as c:
+            assert {c.get("/health").status_code for _ in range(6)} == {409}
+            store.write_bytes(good)
+            assert {c.get("/health").status_code for _ in range(6)} == {200}
+        with httpx.Client(base_url=url, headers={"Authorization": "Bearer second-token"}, timeout=60) as c:
+            assert {c.get("/health").status_code for _ in range(6)} == {401}
+    finally:
+        stop(process)
+    text = (tmp_path / "workers.log").read_text()
+    assert "answering 409 until the store is usable" in text and "Traceback" not in text, text[-3000:]

@@ -68,6 +68,20 @@ def test_a_store_replaced_on_disk_is_reopened(store: Path, model: Path, voices) 
         reader.verify(utterance(voices[1], 5), voices[1].name)
 
 
+def test_an_enrollment_without_usable_audio_writes_nothing(store: Path, model: Path, tmp_path: Path) -> None:
+    """Only bad files: no store is created, an existing one stays byte for byte; create=False needs the store."""
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"not audio" * 100)
+    report = Verifier(tmp_path / "new.vxf", model).enroll("x", [bad])
+    assert not report.enrolled and report.no_audio == ["x"] and "bad.wav: unreadable audio" in report.bad_files[0]
+    assert not (tmp_path / "new.vxf").exists()
+    before = store.read_bytes()
+    assert Verifier(store, model).enroll("x", [bad]).speakers_in_store == len(VoiceprintStore.open(store))
+    assert store.read_bytes() == before
+    with pytest.raises(VoxfloatError, match="new.vxf: no such voiceprint store"):
+        Verifier(tmp_path / "new.vxf", model).enroll("x", [bad], create=False)
+
+
 def test_removing_unknown_ids_leaves_the_store_byte_for_byte(store: Path) -> None:
     before = store.read_bytes()
     result = run("remove", store, "nobody", "--json")

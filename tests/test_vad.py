@@ -137,6 +137,9 @@ def test_the_rearranged_detector_equals_the_published_model(rate: int) -> None:
         want = published_probabilities(x, streams, hop, rate, state)
         assert got.shape == want.shape == (streams, steps)
         assert np.abs(got - want).max() < 1e-4, (streams, np.abs(got - want).max())
+        with pytest.MonkeyPatch.context() as m:  # a long recording: runs of a few windows, the state carried
+            m.setattr(silero, "MAX_WINDOWS", 3 * streams + 1)
+            assert np.abs(detector.run(x, streams, hop, state)[0] - got).max() < 1e-5
         seen.append(want)
     assert min(p.min() for p in seen) < 0.1 and max(p.max() for p in seen) > 0.9  # speech and noise both scored
     with pytest.raises(ValueError, match="whole steps"):

@@ -387,21 +387,22 @@ class Verifier:
     # -- enrollment -----------------------------------------------------------------------------------
 
     def enroll(self, speaker: str, audio: Sequence[AudioLike], *, replace: bool = False,
-               extend: bool = False) -> EnrollReport:
+               extend: bool = False, create: bool = True) -> EnrollReport:
         """Enroll one speaker from its utterances (paths, encoded bytes or waveforms)."""
         if isinstance(audio, (str, bytes, os.PathLike, np.ndarray)):
             audio = [audio]
-        return self.enroll_many([(speaker, a) for a in audio], replace=replace, extend=extend)
+        return self.enroll_many([(speaker, a) for a in audio], replace=replace, extend=extend, create=create)
 
     def enroll_many(self, pairs: Sequence[tuple[str, AudioLike]], *, replace: bool = False,
-                    extend: bool = False) -> EnrollReport:
+                    extend: bool = False, create: bool = True) -> EnrollReport:
         """Enroll (speaker, audio) pairs in one atomic write under the store lock; bad files are listed, the rest enrolled.
 
         An enrolled speaker is skipped, re-enrolled with `replace`, or with `extend` gets the new utterances
         added to its voiceprint (VoiceprintStore.extend: what `voxfloat serve`'s enroll does).
 
         Ids are checked before any audio is embedded; a new store gets this Verifier's format and scale
-        (default e4m3, vector) and the model card's threshold; an existing one keeps its own.
+        (default e4m3, vector) and the model card's threshold; an existing one keeps its own. With
+        `create=False` the store must exist (a service's store); nothing is written when no audio was usable.
         """
         from voxfloat.store import StoreError, VoiceprintStore, check_speaker_id
 
@@ -410,7 +411,7 @@ class Verifier:
             raise UsageError("nothing to enroll: no (speaker, audio) pairs")
         for speaker, _ in pairs:
             check_speaker_id(speaker, self.path)
-        existing = self._opened(required=False)
+        existing = self._opened(required=not create)
         if existing is not None:
             self._check_model(existing)
             for given, have, what in ((self.format, existing.format, "format"), (self.scale, existing.scale, "scale")):
@@ -422,6 +423,9 @@ class Verifier:
         for (speaker, _), row in zip(pairs, rows):
             if row is not None:
                 by_speaker.setdefault(speaker, []).append(row)
+        if not by_speaker:  # every file was bad: the store stays as it is, or uncreated
+            return EnrollReport(str(self.path), [], [], list(dict.fromkeys(s for s, _ in pairs)), errors,
+                                len(existing) if existing is not None else 0, None, self.encoder.device)
         create = {} if existing is not None else {
             "fmt": self.format or "e4m3", "scale": self.scale or "vector", "dim": card.embedding_dim,
             "model": {"fingerprint": card.fingerprint, "arch": card.arch, "source": card.source},
@@ -548,6 +552,10 @@ class Verifier:
     def speakers(self) -> list[str]:
         """Enrolled speaker ids in store order."""
         return list(self._opened().speakers)
+
+    def check(self) -> None:
+        """Open the store and check that it belongs to this model and trimming (StoreError with one line if not)."""
+        self._store_for_model()
 
     def info(self) -> dict:
         """Model, fingerprint, device, store format/scale, count, threshold and its source, preprocessing."""

@@ -13,15 +13,18 @@ AUDIO_BODY = {
     "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
                 "audio/*": {"schema": {"type": "string", "format": "binary"}}},
 }
+MAX_TOP = 1000  # the most candidates /identify lists
 SPEAKER_QUERY = {"name": "speaker", "in": "query", "required": True, "schema": {"type": "string"},
                  "description": "Speaker id."}
 ERRORS = {
-    "400": "Bad parameter (speaker id, top, replace), bad Content-Length or empty body.",
+    "400": "Bad parameter (speaker id, top, replace; each at most once, UTF-8), bad Content-Length, empty body, "
+           "or a client gone before its body arrived.",
     "401": "Missing or wrong bearer token (only with --token-file).",
     "404": "Unknown speaker.",
     "408": "The body did not arrive within --body-timeout.",
-    "409": "The store cannot answer it (no speakers enrolled, no threshold).",
-    "413": "Body larger than --max-body-mb.",
+    "409": "The store cannot answer it (missing, unreadable, built by another model or trimming, no speakers "
+           "enrolled, no threshold).",
+    "413": "Body larger than --max-body-mb (by its Content-Length or as it streams in).",
     "422": "Audio that is unreadable, too short, silent or too long.",
 }
 
@@ -62,27 +65,27 @@ OPENAPI: dict = {
                 decision=NULLABLE_STRING, threshold=NULLABLE_NUMBER, threshold_source=STRING, format=STRING),
             "400 401 408 409 413 422", body=True,
             params=({"name": "top", "in": "query", "required": False,
-                     "schema": {"type": "integer", "minimum": 1, "default": 1},
+                     "schema": {"type": "integer", "minimum": 1, "maximum": MAX_TOP, "default": 1},
                      "description": "How many candidates to list."},))},
         "/enroll": {"post": op(
             "Add the body's utterance to a speaker's voiceprint (created if new), written atomically under "
             "the store's lock.",
-            {"type": "object", "properties": {"speaker": STRING, "replaced": BOOLEAN, "speakers_in_store": INTEGER},
-             "required": ["speaker", "replaced", "speakers_in_store"]},
+            obj(speaker=STRING, utterances={**INTEGER, "description": "Utterances this request added (1)."},
+                replaced=BOOLEAN, speakers_in_store=INTEGER),
             "400 401 408 409 413 422", body=True,
             params=(SPEAKER_QUERY, {"name": "replace", "in": "query", "required": False,
                                     "schema": {"type": "boolean", "default": False},
                                     "description": "Start the voiceprint anew from this utterance."}))},
         "/speakers": {"get": op("The enrolled speaker ids.",
-                                obj(speakers={"type": "array", "items": STRING}, count=INTEGER), "401")},
+                                obj(speakers={"type": "array", "items": STRING}, count=INTEGER), "401 409")},
         "/speakers/{speaker}": {"delete": op(
-            "Delete one speaker's voiceprint.", obj(removed=STRING, speakers_in_store=INTEGER), "401 404",
+            "Delete one speaker's voiceprint.", obj(removed=STRING, speakers_in_store=INTEGER), "401 404 409",
             params=({"name": "speaker", "in": "path", "required": True, "schema": STRING},))},
         "/health": {"get": op(
             "Model, device, store format, speaker count and threshold.",
             {"type": "object", "properties": {"status": STRING, "model": STRING, "device": STRING, "format": STRING,
                                               "count": INTEGER, "threshold": NULLABLE_NUMBER}},
-            "401")},
+            "401 409")},
     },
     "components": {
         "schemas": {"Error": obj(error=STRING)},

@@ -11,15 +11,17 @@ import hmac
 import json
 import logging
 import os
-from collections.abc import Awaitable, Callable
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, NoReturn
+from urllib.parse import unquote_to_bytes
 
 import anyio
 import uvicorn
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -27,17 +29,18 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from voxfloat.api import DEFAULT_MAX_SECONDS, Verifier
 from voxfloat.errors import UsageError, VoxfloatError
 from voxfloat.files import read_regular
-from voxfloat.openapi import OPENAPI
+from voxfloat.openapi import MAX_TOP, OPENAPI
 from voxfloat.runtime import AudioError, ModelError
 from voxfloat.store import StoreError, check_speaker_id
 
 log = logging.getLogger("voxfloat.serve")
 
 CONFIG_ENV = "VOXFLOAT_SERVE_CONFIG"  # how `--workers N` hands the configuration to each worker process
+TOKEN_ENV = "VOXFLOAT_SERVE_TOKEN"    # ... and the token, read once
 DEFAULT_MAX_BODY_MB = 25.0            # a 60 s stereo 48 kHz float WAV is 23 MB; encoded types are far smaller
-DRAIN_FACTOR = 4                      # an oversized body is read and dropped up to this many times the limit
-AUDIO_SLOTS = 8                       # requests per worker whose audio is read and held at once; the rest wait
-MAX_TOP = 1000
+DRAIN_FACTOR = 4                      # an oversized body is read and dropped up to this many times the limit,
+DRAIN_SECONDS = 2.0                   # ... for at most this long, before the 413 goes out
+AUDIO_SLOTS = 8                       # bodies of the largest size a worker holds at once (its byte budget)
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 MAX_TOKEN_BYTES = 4096
 
@@ -77,15 +80,16 @@ def read_token(path: str | os.PathLike) -> str:
 
 
 class BearerAuth:
-    """ASGI middleware: every HTTP request needs `Authorization: Bearer <token>` (compared in constant time)."""
+    """ASGI middleware: every HTTP request needs `Authorization: Bearer <token>` (the scheme in any case, as
+    RFC 9110 has it; the token compared in constant time)."""
 
     def __init__(self, app: ASGIApp, token: str) -> None:
-        self.app, self.expected = app, f"Bearer {token}".encode()
+        self.app, self.expected = app, token.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            given = dict(scope["headers"]).get(b"authorization", b"")
-            if not hmac.compare_digest(given, self.expected):
+            scheme, _, given = dict(scope["headers"]).get(b"authorization", b"").strip().partition(b" ")
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(b" "), self.expected):
                 response = JSONResponse({"error": "missing or wrong bearer token (Authorization: Bearer ...)"},
                                         status_code=401, headers={"WWW-Authenticate": "Bearer"})
                 await response(scope, receive, send)
@@ -102,6 +106,29 @@ def error_status(error: VoxfloatError) -> int:
     return 400       # UsageError: a bad argument
 
 
+class ByteBudget:
+    """Bytes of request bodies a worker may hold at once: a reader waits while taking more would exceed it.
+
+    Only bytes that have arrived count, so clients that send slowly or stall hold next to nothing and
+    cannot keep others' bodies out; memory stays under the budget however many requests arrive (one
+    event loop: no lock needed).
+    """
+
+    def __init__(self, total: int) -> None:
+        self.total, self.used, self.freed = total, 0, anyio.Event()
+
+    async def take(self, n: int) -> None:
+        while self.used and self.used + n > self.total:
+            await self.freed.wait()
+        self.used += n
+
+    def give(self, n: int) -> None:
+        if n:
+            self.used -= n
+            self.freed.set()
+            self.freed = anyio.Event()
+
+
 class Service:
     """The routes over one Verifier; every Verifier call runs in a thread, one at a time."""
 
@@ -109,24 +136,24 @@ class Service:
         self.config, self.verifier = config, verifier
         self.max_body = int(config.max_body_mb * 2**20)
         self.limiter: anyio.CapacityLimiter | None = None  # both created inside the event loop
-        self.slots: anyio.Semaphore | None = None
+        self.budget: ByteBudget | None = None
 
     async def with_audio(self, request: Request, fn: Callable[[bytes], Any]) -> Any:
-        """Read the body and run fn(body) through `call`, holding one of AUDIO_SLOTS throughout.
-
-        Requests beyond the slots wait with their bodies unread (uvicorn stops reading a socket whose body
-        the application has not asked for), so memory stays near AUDIO_SLOTS bodies however many arrive.
-        """
-        if self.slots is None:
-            self.slots = anyio.Semaphore(AUDIO_SLOTS)
-        async with self.slots:
+        """Read the body within --body-timeout and run fn(body) through `call`; the body counts against the
+        worker's byte budget (AUDIO_SLOTS full-size bodies) from its arrival until fn returns."""
+        if self.budget is None:
+            self.budget = ByteBudget(AUDIO_SLOTS * self.max_body)
+        held = [0]
+        try:
             try:
                 with anyio.fail_after(self.config.body_seconds):
-                    audio = await self.body(request)
+                    audio = await self.body(request, held)
             except TimeoutError:
                 raise ApiError(408, f"request body not received within {self.config.body_seconds:g} s "
                                     "(--body-timeout)") from None
             return await self.call(fn, audio)
+        finally:
+            self.budget.give(held[0])
 
     async def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run a Verifier call in the thread pool, serialised; the package's errors become ApiErrors."""
@@ -141,32 +168,41 @@ class Service:
 
         return await anyio.to_thread.run_sync(run, limiter=self.limiter)
 
-    async def body(self, request: Request) -> bytes:
-        """The request body, never held beyond the size limit (checked against Content-Length and while streaming).
-
-        A body over the limit is read on and dropped, up to DRAIN_FACTOR times the limit, so that the client,
-        still sending, gets the 413 rather than a reset connection.
-        """
+    async def body(self, request: Request, held: list[int]) -> bytes:
+        """The request body, never held beyond the size limit (checked against Content-Length and while streaming);
+        held[0] counts the bytes taken from the budget."""
         declared = request.headers.get("content-length")
         if declared is not None and not (declared.isascii() and declared.isdigit()):
             raise ApiError(400, f"bad Content-Length header {declared[:40]!r}")
-        too_large = declared is not None and int(declared) > self.max_body
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            too_large = too_large or size > self.max_body
-            if not too_large:
+        stream = request.stream()
+        try:
+            if declared is not None and int(declared) > self.max_body:
+                await self.refuse_large(stream, int(declared))
+            chunks, size = [], 0
+            async for chunk in stream:
+                size += len(chunk)
+                if size > self.max_body:
+                    chunks.clear()
+                    await self.refuse_large(stream, size)
+                await self.budget.take(len(chunk))
+                held[0] += len(chunk)
                 chunks.append(chunk)
-            elif chunks:
-                chunks.clear()  # nothing of it is needed any more
-            elif size > DRAIN_FACTOR * self.max_body:
-                break
-        if too_large:
-            raise ApiError(413, f"request body too large: {max(size, int(declared or 0)) / 2**20:.1f} MB or more, "
-                                f"the limit is {self.max_body / 2**20:g} MB (--max-body-mb)")
+        except ClientDisconnect:
+            raise ApiError(400, "the client went away before its request body was complete") from None
         if size == 0:
             raise ApiError(400, "empty request body: send the audio file itself as the body")
         return b"".join(chunks)
+
+    async def refuse_large(self, stream: AsyncIterator[bytes], seen: int) -> NoReturn:
+        """413 for a body over the limit, after reading on and dropping it for a moment (up to DRAIN_FACTOR times
+        the limit or DRAIN_SECONDS), so that a client still sending gets the answer rather than a reset."""
+        with anyio.move_on_after(DRAIN_SECONDS):
+            async for chunk in stream:
+                seen += len(chunk)
+                if seen > DRAIN_FACTOR * self.max_body:
+                    break
+        raise ApiError(413, f"request body too large: {seen / 2**20:.1f} MB or more, the limit is "
+                            f"{self.max_body / 2**20:g} MB (--max-body-mb)")
 
     # -- routes ------------------------------------------------------------------------------------
 
@@ -174,6 +210,7 @@ class Service:
         speaker = speaker_param(request)
 
         def work(audio: bytes) -> dict:
+            self.verifier.check()  # a store of another model is 409 before any speaker is looked up
             if speaker not in self.verifier.speakers():
                 raise ApiError(404, f"no speaker {speaker!r} enrolled in {self.config.store}")
             return self.verifier.verify(audio, speaker).as_dict()
@@ -197,7 +234,7 @@ class Service:
             raise ApiError(400, str(e)) from None
         replace = bool_param(request, "replace")
         report = await self.with_audio(
-            request, lambda audio: self.verifier.enroll(speaker, [audio], replace=replace, extend=True))
+            request, lambda audio: self.verifier.enroll(speaker, [audio], replace=replace, extend=True, create=False))
         if not report.enrolled:
             raise ApiError(422, report.bad_files[0] if report.bad_files else f"{speaker}: nothing enrolled")
         return JSONResponse({"speaker": speaker, "utterances": report.enrolled[0][1], "replaced": replace,
@@ -207,6 +244,7 @@ class Service:
         speaker = request.path_params["speaker"]
 
         def work() -> dict:
+            self.verifier.check()
             if not self.verifier.remove(speaker):
                 raise ApiError(404, f"no speaker {speaker!r} enrolled in {self.config.store}")
             return {"removed": speaker, "speakers_in_store": len(self.verifier.speakers())}
@@ -214,7 +252,11 @@ class Service:
         return JSONResponse(await self.call(work))
 
     async def speakers(self, request: Request) -> JSONResponse:
-        ids = await self.call(self.verifier.speakers)
+        def work() -> list[str]:
+            self.verifier.check()
+            return self.verifier.speakers()
+
+        ids = await self.call(work)
         return JSONResponse({"speakers": ids, "count": len(ids)})
 
     async def health(self, request: Request) -> JSONResponse:
@@ -225,23 +267,39 @@ class Service:
         return JSONResponse(OPENAPI)
 
 
+def query(request: Request) -> dict[str, str]:
+    """The query parameters, each at most once, percent-decoded as strict UTF-8; ApiError 400 otherwise."""
+    params: dict[str, str] = {}
+    for part in request.scope["query_string"].split(b"&"):
+        if not part:
+            continue
+        key, _, value = part.partition(b"=")
+        try:
+            name, text = (unquote_to_bytes(x.replace(b"+", b" ")).decode() for x in (key, value))
+        except UnicodeDecodeError:
+            raise ApiError(400, "the query string is not UTF-8 (percent-encode ids as UTF-8 bytes)") from None
+        if name in params:
+            raise ApiError(400, f"query parameter {name[:40]!r} given more than once")
+        params[name] = text
+    return params
+
+
 def speaker_param(request: Request) -> str:
     """The required `speaker` query parameter."""
-    speaker = request.query_params.get("speaker", "")
+    speaker = query(request).get("speaker", "")
     if not speaker.strip():
         raise ApiError(400, "missing query parameter speaker (the speaker id)")
     return speaker
 
 
 def int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
-    """An optional integer query parameter in [low, high]."""
-    raw = request.query_params.get(name)
+    """An optional integer query parameter in [low, high], written in ASCII digits."""
+    raw = query(request).get(name)
     if raw is None:
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ApiError(400, f"query parameter {name} must be an integer, got {raw[:40]!r}") from None
+    if not re.fullmatch(r"-?[0-9]{1,12}", raw):
+        raise ApiError(400, f"query parameter {name} must be an integer, got {raw[:40]!r}")
+    value = int(raw)
     if not low <= value <= high:
         raise ApiError(400, f"query parameter {name} must be in {low}..{high}, got {value}")
     return value
@@ -249,7 +307,7 @@ def int_param(request: Request, name: str, default: int, low: int, high: int) ->
 
 def bool_param(request: Request, name: str) -> bool:
     """An optional true/false query parameter (false when absent)."""
-    raw = request.query_params.get(name, "false").lower()
+    raw = query(request).get(name, "false").lower()
     if raw not in ("true", "false", "1", "0"):
         raise ApiError(400, f"query parameter {name} must be true or false, got {raw[:40]!r}")
     return raw in ("true", "1")
@@ -272,12 +330,24 @@ async def internal_error(request: Request, exc: Exception) -> JSONResponse:
                         status_code=500)
 
 
-def create_app(config: ServeConfig) -> ASGIApp:
-    """Load the model and the store once and return the ASGI application (bearer check outermost)."""
-    token = read_token(config.token_file) if config.token_file else None
+def create_app(config: ServeConfig, token: str | None = None, strict: bool = True) -> ASGIApp:
+    """Load the model and the store once and return the ASGI application (bearer check outermost).
+
+    `token`: the bearer token as the parent process read it (else config.token_file is read). A worker that
+    uvicorn starts or restarts later runs with strict=False: a store unusable at that moment is logged and
+    answered with 409 until it is fixed, as a running worker does, rather than failing the worker again and again.
+    """
+    if token is None and config.token_file:
+        token = read_token(config.token_file)
     verifier = Verifier(config.store, config.model, device=config.device, threads=config.threads, vad=config.vad,
                         max_seconds=config.max_seconds)
-    verifier.info()  # load the model and open the store now (checking that they belong together), not on a request
+    verifier.encoder  # load the model now, not on a request
+    try:
+        verifier.check()  # open the store and check that it belongs to the model
+    except StoreError as e:
+        if strict:
+            raise
+        log.warning("%s; answering 409 until the store is usable", e)
     service = Service(config, verifier)
     routes = [
         Route("/verify", service.verify, methods=["POST"]),
@@ -295,13 +365,15 @@ def create_app(config: ServeConfig) -> ASGIApp:
 
 
 def app_from_env() -> ASGIApp:
-    """uvicorn's factory in each worker process of `--workers N`: the configuration comes from the environment."""
-    return create_app(ServeConfig(**json.loads(os.environ[CONFIG_ENV])))
+    """uvicorn's factory in each worker process of `--workers N`: configuration and token come from the parent's
+    environment, so a restarted worker serves what the others serve whatever has become of the files since."""
+    return create_app(ServeConfig(**json.loads(os.environ[CONFIG_ENV])), os.environ.pop(TOKEN_ENV, None), strict=False)
 
 
 def serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8080, workers: int = 1) -> None:
     """Run the service until interrupted; the model, store and token are checked before the port is bound."""
-    app = create_app(config)
+    token = read_token(config.token_file) if config.token_file else None
+    app = create_app(config, token)
     if not config.token_file and host not in LOOPBACK:
         log.warning("listening on %s without --token-file: anyone who reaches this address can enroll and delete "
                     "speakers", host)
@@ -310,5 +382,7 @@ def serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8080, worker
         return
     del app  # each worker loads its own copy; this one only proved that loading works
     os.environ[CONFIG_ENV] = json.dumps(asdict(config))
+    if token:
+        os.environ[TOKEN_ENV] = token  # the workers' environment is readable by this user only, as the file is
     uvicorn.run("voxfloat.serve:app_from_env", factory=True, host=host, port=port, workers=workers,
                 log_level="info")
