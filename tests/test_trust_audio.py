@@ -52,7 +52,7 @@ def test_max_seconds_refuses_long_files_one_line_each(model: Path, store: Path, 
     assert result.exit_code == BAD_INPUT and "Traceback" not in result.output
     refused = [l for l in result.stderr.splitlines() if "too long" in l]
     assert len(refused) == 2 and "long1.wav" in refused[0] and "long2.flac" in refused[1]
-    assert "(--max-seconds)" in refused[0]
+    assert "(--max-seconds of speech" in refused[0]
     assert np.load(out).shape == (1, 256)
     for bad in ("0", "-1", "nan", "inf"):
         assert run("verify", probe, "--model", model, "--store", store, "--speaker", "x",
