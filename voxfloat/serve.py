@@ -55,7 +55,7 @@ class ServeConfig:
     threads: int = 1   # one request at a time per worker: more intra-op threads mostly spin on a shared box
     token_file: str | None = None
     max_body_mb: float = DEFAULT_MAX_BODY_MB
-    body_seconds: float = 60.0  # a body must have arrived this long after its request's turn came, else 408
+    body_seconds: float = 60.0  # a request's body must have arrived this long after its headers, else 408
     vad: bool = True   # embed only the detected speech (voxfloat.runtime.vad), as the store was enrolled
     max_seconds: float = DEFAULT_MAX_SECONDS  # the CLI's cap on speech (and, times 4 with vad, on recordings)
 
