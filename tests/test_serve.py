@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import anyio
 import httpx
 import numpy as np
 import pytest
@@ -201,6 +202,8 @@ def test_bad_input_gets_a_4xx_naming_the_problem(server: Server, speakers: list[
             r = c.post(path, params=params, content=body)
             assert r.status_code == status, (name, r.text)
             assert word in r.json()["error"], (name, r.json())
+        r = c.delete("/speakers/%ff")  # Starlette would read it as U+FFFD, another speaker's id
+        assert r.status_code == 400 and "UTF-8" in r.json()["error"]
         assert c.get("/health").json()["count"] == 3  # nothing was enrolled by the bad requests
     assert "Traceback" not in server.log.read_text()
 
@@ -408,11 +411,20 @@ def test_stalled_and_oversized_uploads_do_not_hold_up_others(server: Server, spe
             reply = b""
             while b"}" not in reply and (chunk := huge.recv(65536)):
                 reply += chunk
-            assert reply.startswith(b"HTTP/1.1 413") and b"too large" in reply
+            assert reply.startswith(b"HTTP/1.1 413") and b"953674.3 MB or more" in reply
+            waiting = raw_request(port, head.format("x", 10**9) + "\r\nExpect: 100-continue")
+            assert waiting.recv(65536).startswith(b"HTTP/1.1 413")  # no 100 Continue for a body to be refused
             gone = raw_request(port, head.format("x", 100_000), bytes(1000))
             gone.close()
-            for sock in [*stalled, huge]:
+            for sock in [*stalled, huge, waiting]:
                 sock.close()
+            # complete bodies near the limit, more at once than the byte budget holds: all answered, none refused
+            wave = np.tile(sf.read(utterances(speakers[0])[5])[0], 20)[:int(0.95 * 2**20 / 2)]
+            full = wav_bytes(wave.astype(np.float32))
+            with ThreadPoolExecutor(20) as pool:
+                codes = list(pool.map(lambda _: c.post("/verify", params={"speaker": speakers[0].name},
+                                                       content=full).status_code, range(20)))
+            assert codes == [200] * 20, codes
             assert c.get("/health").status_code == 200
     finally:
         stop(process)
@@ -459,3 +471,46 @@ def test_a_restarted_worker_serves_the_same_token_and_waits_out_a_bad_store(serv
         stop(process)
     text = (tmp_path / "workers.log").read_text()
     assert "answering 409 until the store is usable" in text and "Traceback" not in text, text[-3000:]
+
+
+def test_a_full_byte_budget_is_a_429_never_a_5xx() -> None:
+    """8 full-size bodies waiting for slow inference fill a worker's budget: the next request waits, then gets 429
+    (in-process: the Service with a stand-in for inference, so that the bodies stay held long enough)."""
+    from starlette.requests import Request
+
+    from voxfloat.serve import ApiError, ServeConfig, Service
+
+    service = Service(ServeConfig(store="unused.vxf", max_body_mb=1, body_seconds=0.2), verifier=None)
+    slow = [0.6]  # the first inference is slow; the 7 other bodies queue behind it, held
+
+    def infer(body: bytes) -> int:
+        time.sleep(slow.pop() if slow else 0)
+        return len(body)
+
+    def request(size: int) -> Request:
+        async def receive() -> dict:
+            return {"type": "http.request", "body": bytes(size), "more_body": False}
+        return Request({"type": "http", "method": "POST", "path": "/verify", "query_string": b"",
+                        "headers": [(b"content-length", str(size).encode())]}, receive)
+
+    async def scenario() -> list:
+        results: list = []
+
+        async def one(size: int) -> None:
+            try:
+                results.append(await service.with_audio(request(size), infer))
+            except ApiError as e:
+                results.append((e.status, str(e), e.headers))
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(8):
+                tg.start_soon(one, 2**20)
+            await anyio.sleep(0.1)
+            tg.start_soon(one, 1000)
+        return results
+
+    results = anyio.run(scenario)
+    refused = [r for r in results if isinstance(r, tuple)]
+    assert results.count(2**20) == 8 and len(refused) == 1, results
+    assert refused[0][0] == 429 and "busy" in refused[0][1] and refused[0][2] == {"Retry-After": "1"}
+    assert service.budget.used == 0  # every reservation given back

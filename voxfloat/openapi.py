@@ -25,6 +25,7 @@ ERRORS = {
     "409": "The store cannot answer it (missing, unreadable, built by another model or trimming, no speakers "
            "enrolled, no threshold).",
     "413": "Body larger than --max-body-mb (by its Content-Length or as it streams in).",
+    "429": "The worker's byte budget for request bodies stayed full for --body-timeout; retry (Retry-After).",
     "422": "Audio that is unreadable, too short, silent or too long.",
 }
 
@@ -58,12 +59,12 @@ OPENAPI: dict = {
             "Score the body's audio against one enrolled speaker and accept or reject at the store's threshold.",
             obj(speaker=STRING, score=NUMBER, threshold=NUMBER, threshold_source=STRING, format=STRING,
                 accepted=BOOLEAN),
-            "400 401 404 408 409 413 422", body=True, params=(SPEAKER_QUERY,))},
+            "400 401 404 408 409 413 422 429", body=True, params=(SPEAKER_QUERY,))},
         "/identify": {"post": op(
             "The enrolled speakers closest to the body's audio; decision is null below the threshold.",
             obj(candidates={"type": "array", "items": obj(speaker=STRING, score=NUMBER)},
                 decision=NULLABLE_STRING, threshold=NULLABLE_NUMBER, threshold_source=STRING, format=STRING),
-            "400 401 408 409 413 422", body=True,
+            "400 401 408 409 413 422 429", body=True,
             params=({"name": "top", "in": "query", "required": False,
                      "schema": {"type": "integer", "minimum": 1, "maximum": MAX_TOP, "default": 1},
                      "description": "How many candidates to list."},))},
@@ -72,7 +73,7 @@ OPENAPI: dict = {
             "the store's lock.",
             obj(speaker=STRING, utterances={**INTEGER, "description": "Utterances this request added (1)."},
                 replaced=BOOLEAN, speakers_in_store=INTEGER),
-            "400 401 408 409 413 422", body=True,
+            "400 401 408 409 413 422 429", body=True,
             params=(SPEAKER_QUERY, {"name": "replace", "in": "query", "required": False,
                                     "schema": {"type": "boolean", "default": False},
                                     "description": "Start the voiceprint anew from this utterance."}))},

@@ -63,9 +63,9 @@ class ServeConfig:
 class ApiError(Exception):
     """A request the service refuses: HTTP status and a one-line message for {"error": ...}."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
-        self.status = status
+        self.status, self.headers = status, headers
 
 
 def read_token(path: str | os.PathLike) -> str:
@@ -107,12 +107,9 @@ def error_status(error: VoxfloatError) -> int:
 
 
 class ByteBudget:
-    """Bytes of request bodies a worker may hold at once: a reader waits while taking more would exceed it.
-
-    Only bytes that have arrived count, so clients that send slowly or stall hold next to nothing and
-    cannot keep others' bodies out; memory stays under the budget however many requests arrive (one
-    event loop: no lock needed).
-    """
+    """Bytes of request bodies a worker may hold at once. A body reserves its size before it is read (its
+    Content-Length, or the size limit when it comes chunked), so a body once admitted never waits on others and
+    memory stays under the budget however many requests arrive (one event loop: no lock needed)."""
 
     def __init__(self, total: int) -> None:
         self.total, self.used, self.freed = total, 0, anyio.Event()
@@ -139,21 +136,31 @@ class Service:
         self.budget: ByteBudget | None = None
 
     async def with_audio(self, request: Request, fn: Callable[[bytes], Any]) -> Any:
-        """Read the body within --body-timeout and run fn(body) through `call`; the body counts against the
-        worker's byte budget (AUDIO_SLOTS full-size bodies) from its arrival until fn returns."""
+        """Read the body and run fn(body) through `call`. The body first reserves its size in the worker's byte
+        budget (AUDIO_SLOTS full-size bodies; 429 if that is not free within --body-timeout), then must arrive
+        within --body-timeout (else 408); the reservation lasts until fn returns."""
         if self.budget is None:
             self.budget = ByteBudget(AUDIO_SLOTS * self.max_body)
-        held = [0]
+        declared = self.declared_size(request)
+        need = self.max_body if declared is None else declared
+        if declared is not None and declared > self.max_body:
+            await self.refuse_large(request, declared)
+        try:
+            with anyio.fail_after(self.config.body_seconds):
+                await self.budget.take(need)
+        except TimeoutError:
+            raise ApiError(429, f"busy: request bodies in flight fill this worker's {self.budget.total / 2**20:g} MB "
+                                f"for over {self.config.body_seconds:g} s; retry", {"Retry-After": "1"}) from None
         try:
             try:
                 with anyio.fail_after(self.config.body_seconds):
-                    audio = await self.body(request, held)
+                    audio = await self.body(request)
             except TimeoutError:
                 raise ApiError(408, f"request body not received within {self.config.body_seconds:g} s "
                                     "(--body-timeout)") from None
             return await self.call(fn, audio)
         finally:
-            self.budget.give(held[0])
+            self.budget.give(need)
 
     async def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run a Verifier call in the thread pool, serialised; the package's errors become ApiErrors."""
@@ -168,24 +175,25 @@ class Service:
 
         return await anyio.to_thread.run_sync(run, limiter=self.limiter)
 
-    async def body(self, request: Request, held: list[int]) -> bytes:
-        """The request body, never held beyond the size limit (checked against Content-Length and while streaming);
-        held[0] counts the bytes taken from the budget."""
+    @staticmethod
+    def declared_size(request: Request) -> int | None:
+        """The Content-Length, if given; ApiError 400 if it is not a number."""
         declared = request.headers.get("content-length")
-        if declared is not None and not (declared.isascii() and declared.isdigit()):
+        if declared is None:
+            return None
+        if not (declared.isascii() and declared.isdigit()):
             raise ApiError(400, f"bad Content-Length header {declared[:40]!r}")
-        stream = request.stream()
+        return int(declared)
+
+    async def body(self, request: Request) -> bytes:
+        """The request body; a chunked one is cut off (413) as soon as it passes the size limit."""
+        chunks, size = [], 0
         try:
-            if declared is not None and int(declared) > self.max_body:
-                await self.refuse_large(stream, int(declared))
-            chunks, size = [], 0
-            async for chunk in stream:
+            async for chunk in request.stream():
                 size += len(chunk)
                 if size > self.max_body:
                     chunks.clear()
-                    await self.refuse_large(stream, size)
-                await self.budget.take(len(chunk))
-                held[0] += len(chunk)
+                    await self.refuse_large(request, size)
                 chunks.append(chunk)
         except ClientDisconnect:
             raise ApiError(400, "the client went away before its request body was complete") from None
@@ -193,15 +201,21 @@ class Service:
             raise ApiError(400, "empty request body: send the audio file itself as the body")
         return b"".join(chunks)
 
-    async def refuse_large(self, stream: AsyncIterator[bytes], seen: int) -> NoReturn:
-        """413 for a body over the limit, after reading on and dropping it for a moment (up to DRAIN_FACTOR times
-        the limit or DRAIN_SECONDS), so that a client still sending gets the answer rather than a reset."""
-        with anyio.move_on_after(DRAIN_SECONDS):
-            async for chunk in stream:
-                seen += len(chunk)
-                if seen > DRAIN_FACTOR * self.max_body:
-                    break
-        raise ApiError(413, f"request body too large: {seen / 2**20:.1f} MB or more, the limit is "
+    async def refuse_large(self, request: Request, size: int) -> NoReturn:
+        """413 for a body over the limit (`size`: its Content-Length, or the bytes seen so far). Unless the client
+        waits for a 100 Continue, the body is read on and dropped for a moment (up to DRAIN_FACTOR times the limit
+        or DRAIN_SECONDS), so that a client still sending gets the answer rather than a reset."""
+        if request.headers.get("expect", "").lower() != "100-continue":
+            drained = 0
+            with anyio.move_on_after(DRAIN_SECONDS):
+                try:
+                    async for chunk in request.stream():
+                        drained += len(chunk)
+                        if drained > DRAIN_FACTOR * self.max_body:
+                            break
+                except (ClientDisconnect, RuntimeError):  # gone, or the stream was read before
+                    pass
+        raise ApiError(413, f"request body too large: {size / 2**20:.1f} MB or more, the limit is "
                             f"{self.max_body / 2**20:g} MB (--max-body-mb)")
 
     # -- routes ------------------------------------------------------------------------------------
@@ -241,7 +255,11 @@ class Service:
                              "speakers_in_store": report.speakers_in_store})
 
     async def remove(self, request: Request) -> JSONResponse:
-        speaker = request.path_params["speaker"]
+        raw = request.scope.get("raw_path") or request.url.path.encode()
+        try:  # strict, as query parameters are: Starlette's own decoding replaces bytes that are not UTF-8
+            speaker = unquote_to_bytes(raw.split(b"/speakers/", 1)[1]).decode()
+        except UnicodeDecodeError:
+            raise ApiError(400, "the speaker id in the path is not UTF-8 (percent-encode ids as UTF-8 bytes)") from None
 
         def work() -> dict:
             self.verifier.check()
@@ -315,7 +333,7 @@ def bool_param(request: Request, name: str) -> bool:
 
 async def api_error(request: Request, exc: ApiError) -> JSONResponse:
     """A refused request as {"error": ...} with its status."""
-    return JSONResponse({"error": str(exc)}, status_code=exc.status)
+    return JSONResponse({"error": str(exc)}, status_code=exc.status, headers=exc.headers)
 
 
 async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
