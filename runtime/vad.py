@@ -18,8 +18,6 @@ from voxfloat.runtime import silero
 from voxfloat.runtime.audio import AudioError
 from voxfloat.runtime.session import ModelError
 
-WINDOW = {16000: 512, 8000: 256}   # samples per decision (32 ms), fixed by the model
-CONTEXT = {16000: 64, 8000: 32}    # samples of the previous window the model sees before each one
 OFF = {"vad": "off"}               # the preprocessing record of untrimmed audio
 ENVELOPE_SECONDS = 0.01            # the moving RMS that speech edges are snapped to
 FLOOR_DBFS = -60.0                 # the envelope floor is never lower than this
@@ -50,9 +48,10 @@ def _rested_state(sample_rate: int) -> np.ndarray:
     0.6 from zeros, 0.96 after silence), so any silence in front of the speech would change what is
     kept; after about 5 s of silence the state has settled and more silence changes nothing.
     """
-    w, c = WINDOW[sample_rate], CONTEXT[sample_rate]
+    detector = silero.grid(sample_rate)
+    w, c = detector.window, detector.context
     silence = np.zeros(round(REST_SECONDS * sample_rate / w) * w + c, np.float32)
-    return silero.grid(sample_rate).run(silence, 1, w, np.zeros((2, 1, silero.HIDDEN), np.float32))[1]
+    return detector.run(silence, 1, w, np.zeros((2, 1, silero.HIDDEN), np.float32))[1]
 
 
 def hysteresis(probs: np.ndarray, hop: float, settings: VadSettings) -> list[tuple[int, int]]:
@@ -164,12 +163,12 @@ class SpeechTrimmer:
     """Silero VAD on a 1-D waveform: the speech probabilities, segments, and the speech alone."""
 
     def __init__(self, sample_rate: int = 16000, settings: VadSettings = VadSettings()) -> None:
-        if sample_rate not in WINDOW:
+        if sample_rate not in silero.FILTER:
             raise ModelError(f"Silero VAD runs at 8 or 16 kHz, not {sample_rate} Hz; turn speech trimming off "
                              "for this model")
         self.sample_rate, self.settings = sample_rate, settings
-        self.window, self.context = WINDOW[sample_rate], CONTEXT[sample_rate]
         self.detector = silero.grid(sample_rate)
+        self.window, self.context = self.detector.window, self.detector.context  # 32 ms, and 4 ms before it
         self._rested = _rested_state(sample_rate)
 
     @property

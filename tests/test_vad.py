@@ -17,8 +17,8 @@ import real_speech
 from parity import cosine
 from voxfloat.api import Verifier
 from voxfloat.cli import app
-from voxfloat.metrics import det_curve, eer
 from voxfloat.export import silero_vad
+from voxfloat.metrics import det_curve, eer
 from voxfloat.runtime import AudioError, ModelError, SpeakerEncoder, load_audio, silero
 from voxfloat.runtime.default_model import default_model_path
 from voxfloat.runtime.vad import OFF, SpeechTrimmer, VadSettings
